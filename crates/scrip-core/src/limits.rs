@@ -1,0 +1,46 @@
+//! Every bound Scrip enforces, in one place. Units come last in each name.
+
+/// Largest request body accepted (API.md: bodies over 64 KiB are 413).
+pub const BODY_BYTES_MAX: usize = 64 * 1024;
+/// Smallest and largest single charge, in minor units (API.md).
+pub const CHARGE_AMOUNT_MIN: i64 = 1;
+pub const CHARGE_AMOUNT_MAX: i64 = 99_999_999;
+/// Largest cap a token may carry, in minor units. A year's budget of many
+/// maximal charges still fits, and sums of caps stay far from `i64::MAX`.
+pub const CAP_AMOUNT_MAX: i64 = 1_000_000_000_000;
+/// Token lifetime: default and maximum (API.md: 30 days, at most 366 days).
+pub const TOKEN_TTL_SECS_DEFAULT: i64 = 30 * 86_400;
+pub const TOKEN_TTL_SECS_MAX: i64 = 366 * 86_400;
+/// An authorization hold not captured within this long is released.
+pub const HOLD_TTL_SECS: i64 = 7 * 86_400;
+/// How long an idempotency key is remembered.
+pub const IDEMPOTENCY_TTL_SECS: i64 = 86_400;
+pub const IDEMPOTENCY_KEY_LEN_MAX: usize = 255;
+/// List pages.
+pub const LIST_LIMIT_DEFAULT: u32 = 10;
+pub const LIST_LIMIT_MAX: u32 = 100;
+/// Free-text fields.
+pub const NAME_LEN_MAX: usize = 200;
+pub const EMAIL_LEN_MAX: usize = 320;
+pub const DESCRIPTION_LEN_MAX: usize = 1_000;
+/// Object ids presented by clients (anything longer cannot be ours).
+pub const ID_LEN_MAX: usize = 64;
+/// Secrets presented by clients (anything longer cannot be ours).
+pub const SECRET_LEN_MAX: usize = 128;
+/// Metadata: a flat string→string map (Stripe's bounds).
+pub const METADATA_KEYS_MAX: usize = 50;
+pub const METADATA_KEY_LEN_MAX: usize = 40;
+pub const METADATA_VALUE_LEN_MAX: usize = 500;
+/// Card expiry years accepted ahead of today.
+pub const CARD_EXPIRY_YEARS_AHEAD_MAX: i32 = 50;
+/// Test clock: one advance moves at most this far.
+pub const CLOCK_ADVANCE_SECS_MAX: i64 = 10 * 366 * 86_400;
+/// Group commit: most operations in one transaction, and the queue in front.
+pub const WRITER_BATCH_MAX: usize = 512;
+pub const WRITER_QUEUE_MAX: usize = 16_384;
+/// Read connections to the embedded database.
+pub const READ_CONNECTIONS_MAX: usize = 8;
+/// Requests served concurrently before new ones wait.
+pub const IN_FLIGHT_REQUESTS_MAX: usize = 4_096;
+/// How long a graceful shutdown waits for in-flight requests.
+pub const SHUTDOWN_GRACE_SECS: u64 = 30;
