@@ -1,0 +1,315 @@
+//! Operator endpoints: customers, orchestrator credentials, providers, and
+//! the test clock.
+
+use axum::extract::{OriginalUri, RawQuery, State};
+use axum::response::Response;
+use scrip_core::limits;
+use serde::Deserialize;
+
+use super::error::ApiError;
+use super::extract::{Caller, Id, JsonBody, ListQuery};
+use super::idempotency::run;
+use super::{metadata, ok_json, require_admin, text, to_json, views, AppState};
+use crate::secrets::{new_id, Secret, PREFIX_ORCHESTRATOR, PREFIX_PROVIDER};
+use crate::store::model::{Credential, Customer, Metadata, Principal, Provider};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateCustomer {
+    email: Option<String>,
+    name: Option<String>,
+    metadata: Option<Metadata>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Empty {}
+
+pub async fn create_customer(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    body: JsonBody<CreateCustomer>,
+) -> Result<Response, ApiError> {
+    require_admin(&caller)?;
+    let b = body.value;
+    let email = text(b.email, "email", limits::EMAIL_LEN_MAX)?;
+    if email.as_ref().is_some_and(|e| !looks_like_email(e)) {
+        return Err(ApiError::invalid(
+            "parameter_invalid",
+            "email",
+            "email must look like an address, such as ada@example.com.",
+        ));
+    }
+    let customer = Customer {
+        id: new_id("cus"),
+        email,
+        name: text(b.name, "name", limits::NAME_LEN_MAX)?,
+        metadata: metadata(b.metadata)?,
+        created: state.clock.now(),
+    };
+    let store = state.store.clone();
+    run(
+        &state,
+        &caller,
+        body.idempotency_key,
+        body.request_hash,
+        |c: &Customer| to_json(&views::customer(c)),
+        |idem| async move { Ok(store.create_customer(customer, idem).await?) },
+    )
+    .await
+}
+
+fn looks_like_email(e: &str) -> bool {
+    let mut parts = e.splitn(2, '@');
+    let (Some(local), Some(domain)) = (parts.next(), parts.next()) else {
+        return false;
+    };
+    !local.is_empty() && domain.contains('.') && !domain.starts_with('.') && !e.chars().any(char::is_whitespace)
+}
+
+pub async fn get_customer(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Id(id): Id,
+) -> Result<Response, ApiError> {
+    require_admin(&caller)?;
+    let c = state.store.customer(&id).await?;
+    Ok(ok_json(&views::customer(&c)))
+}
+
+pub async fn list_customers(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    RawQuery(query): RawQuery,
+    OriginalUri(uri): OriginalUri,
+) -> Result<Response, ApiError> {
+    require_admin(&caller)?;
+    let q = ListQuery::parse(query.as_deref(), &[])?;
+    let page = state.store.customers(q.page).await?;
+    Ok(ok_json(&views::list(&page, uri.path(), views::customer)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateCredential {
+    name: Option<String>,
+}
+
+pub async fn create_credential(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Id(customer_id): Id,
+    body: JsonBody<CreateCredential>,
+) -> Result<Response, ApiError> {
+    require_admin(&caller)?;
+    let credential = Credential {
+        id: new_id("oc"),
+        customer_id,
+        name: text(body.value.name, "name", limits::NAME_LEN_MAX)?,
+        active: true,
+        created: state.clock.now(),
+        revoked_at: None,
+    };
+    let secret = Secret::generate(PREFIX_ORCHESTRATOR);
+    let hash = secret.hash();
+    let store = state.store.clone();
+    run(
+        &state,
+        &caller,
+        body.idempotency_key,
+        body.request_hash,
+        move |c: &Credential| to_json(&views::credential(c, Some(secret.expose()))),
+        |idem| async move { Ok(store.create_credential(credential, hash, idem).await?) },
+    )
+    .await
+}
+
+pub async fn list_credentials(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Id(customer_id): Id,
+    RawQuery(query): RawQuery,
+    OriginalUri(uri): OriginalUri,
+) -> Result<Response, ApiError> {
+    require_admin(&caller)?;
+    let q = ListQuery::parse(query.as_deref(), &[])?;
+    state.store.customer(&customer_id).await?;
+    let page = state.store.credentials(&customer_id, q.page).await?;
+    Ok(ok_json(&views::list(&page, uri.path(), |c| views::credential(c, None))))
+}
+
+pub async fn get_credential(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Id(id): Id,
+) -> Result<Response, ApiError> {
+    require_admin(&caller)?;
+    let c = state.store.credential(&id).await?;
+    Ok(ok_json(&views::credential(&c, None)))
+}
+
+/// Admin, or the orchestrator revoking its own (leaked) credential.
+pub async fn revoke_credential(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Id(id): Id,
+    body: JsonBody<Empty>,
+) -> Result<Response, ApiError> {
+    match &caller {
+        Principal::Admin => {}
+        Principal::Orchestrator { credential_id, .. } if *credential_id == id => {}
+        Principal::Orchestrator { .. } => return Err(ApiError::not_found("credential", &id)),
+        _ => return Err(ApiError::forbidden("Only the operator or the credential itself can revoke a credential.")),
+    }
+    let now = state.clock.now();
+    let store = state.store.clone();
+    run(
+        &state,
+        &caller,
+        body.idempotency_key,
+        body.request_hash,
+        |c: &Credential| to_json(&views::credential(c, None)),
+        |idem| async move { Ok(store.revoke_credential(&id, now, idem).await?) },
+    )
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateProvider {
+    name: String,
+    metadata: Option<Metadata>,
+}
+
+pub async fn create_provider(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    body: JsonBody<CreateProvider>,
+) -> Result<Response, ApiError> {
+    require_admin(&caller)?;
+    let name = text(Some(body.value.name), "name", limits::NAME_LEN_MAX)?.unwrap_or_default();
+    if name.trim().is_empty() {
+        return Err(ApiError::invalid("parameter_invalid", "name", "name must not be empty."));
+    }
+    let provider = Provider {
+        id: new_id("prov"),
+        name,
+        metadata: metadata(body.value.metadata)?,
+        created: state.clock.now(),
+    };
+    let secret = Secret::generate(PREFIX_PROVIDER);
+    let hash = secret.hash();
+    let store = state.store.clone();
+    run(
+        &state,
+        &caller,
+        body.idempotency_key,
+        body.request_hash,
+        move |p: &Provider| to_json(&views::provider(p, Some(secret.expose()))),
+        |idem| async move { Ok(store.create_provider(provider, hash, idem).await?) },
+    )
+    .await
+}
+
+pub async fn get_provider(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Id(id): Id,
+) -> Result<Response, ApiError> {
+    match &caller {
+        Principal::Admin => {}
+        Principal::Provider { provider_id } if *provider_id == id => {}
+        _ => return Err(ApiError::not_found("provider", &id)),
+    }
+    let p = state.store.provider(&id).await?;
+    Ok(ok_json(&views::provider(&p, None)))
+}
+
+pub async fn list_providers(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    RawQuery(query): RawQuery,
+    OriginalUri(uri): OriginalUri,
+) -> Result<Response, ApiError> {
+    require_admin(&caller)?;
+    let q = ListQuery::parse(query.as_deref(), &[])?;
+    let page = state.store.providers(q.page).await?;
+    Ok(ok_json(&views::list(&page, uri.path(), |p| views::provider(p, None))))
+}
+
+/// Admin, or the provider rolling its own secret.
+pub async fn roll_provider_secret(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Id(id): Id,
+    body: JsonBody<Empty>,
+) -> Result<Response, ApiError> {
+    match &caller {
+        Principal::Admin => {}
+        Principal::Provider { provider_id } if *provider_id == id => {}
+        Principal::Provider { .. } => return Err(ApiError::not_found("provider", &id)),
+        _ => return Err(ApiError::forbidden("Only the operator or the provider itself can roll its secret.")),
+    }
+    let secret = Secret::generate(PREFIX_PROVIDER);
+    let hash = secret.hash();
+    let store = state.store.clone();
+    run(
+        &state,
+        &caller,
+        body.idempotency_key,
+        body.request_hash,
+        move |p: &Provider| to_json(&views::provider(p, Some(secret.expose()))),
+        |idem| async move { Ok(store.roll_provider_secret(&id, hash, idem).await?) },
+    )
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdvanceClock {
+    seconds: i64,
+}
+
+#[derive(serde::Serialize)]
+struct ClockView {
+    object: &'static str,
+    now: i64,
+    offset_secs: i64,
+    holds_released: usize,
+}
+
+/// Test mode only: moves the clock forward, durably, then releases the
+/// holds that expired on the way.
+pub async fn advance_clock(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    body: JsonBody<AdvanceClock>,
+) -> Result<Response, ApiError> {
+    require_admin(&caller)?;
+    let seconds = body.value.seconds;
+    if !(1..=limits::CLOCK_ADVANCE_SECS_MAX).contains(&seconds) {
+        return Err(ApiError::invalid(
+            "parameter_invalid",
+            "seconds",
+            format!("seconds must be from 1 to {}.", limits::CLOCK_ADVANCE_SECS_MAX),
+        ));
+    }
+    let offset = state.clock.offset_secs().saturating_add(seconds);
+    state.store.set_clock_offset(offset).await?;
+    state.clock.set_offset_secs(offset);
+    let now = state.clock.now();
+    let mut released = 0;
+    loop {
+        let n = state.store.expire_holds(now, 1_000).await?;
+        released += n;
+        if n < 1_000 {
+            break;
+        }
+    }
+    Ok(ok_json(&ClockView {
+        object: "test_clock",
+        now,
+        offset_secs: offset,
+        holds_released: released,
+    }))
+}

@@ -1,0 +1,285 @@
+//! Request extractors that turn every malformed input into the API's error
+//! shape: the caller's principal, JSON bodies (bounded, unknown fields
+//! refused), the Idempotency-Key, path ids and list queries.
+
+use std::collections::HashMap;
+
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use scrip_core::limits;
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+
+use super::error::{ApiError, INVALID_REQUEST};
+use super::AppState;
+use crate::secrets::{hash_secret, PREFIX_ADMIN};
+use crate::store::model::{PageRequest, Principal};
+
+/// The authenticated caller.
+#[derive(Clone, Debug)]
+pub struct Caller(pub Principal);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Caller, ApiError> {
+        let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
+            return Err(ApiError::unauthenticated(
+                "No API secret provided. Send it as `Authorization: Bearer <secret>`.",
+            ));
+        };
+        let secret = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|s| !s.is_empty() && s.len() <= limits::SECRET_LEN_MAX)
+            .ok_or_else(|| {
+                ApiError::unauthenticated("The Authorization header must be `Bearer <secret>`.")
+            })?;
+        let hash = hash_secret(secret);
+        if secret.starts_with(PREFIX_ADMIN) {
+            if hash.ct_eq(&state.admin_hash) {
+                return Ok(Caller(Principal::Admin));
+            }
+            return Err(ApiError::unauthenticated("Invalid API secret provided."));
+        }
+        match state.store.resolve_secret(hash).await? {
+            Some(p) => Ok(Caller(p)),
+            None => Err(ApiError::unauthenticated("Invalid API secret provided.")),
+        }
+    }
+}
+
+/// A parsed JSON body plus what idempotency needs: the key, if sent, and a
+/// hash of the request it guards.
+#[derive(Debug)]
+pub struct JsonBody<T> {
+    pub value: T,
+    pub idempotency_key: Option<String>,
+    pub request_hash: [u8; 32],
+}
+
+impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _state: &AppState) -> Result<JsonBody<T>, ApiError> {
+        let idempotency_key = idempotency_key(req.headers())?;
+        let method = req.method().as_str().to_owned();
+        let path = req.uri().path().to_owned();
+        let bytes = axum::body::to_bytes(req.into_body(), limits::BODY_BYTES_MAX)
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    INVALID_REQUEST,
+                    "body_too_large",
+                    format!("The request body exceeds {} bytes.", limits::BODY_BYTES_MAX),
+                )
+            })?;
+        let request_hash: [u8; 32] = Sha256::new()
+            .chain_update(method.as_bytes())
+            .chain_update([0])
+            .chain_update(path.as_bytes())
+            .chain_update([0])
+            .chain_update(&bytes)
+            .finalize()
+            .into();
+        let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+            b"{}"
+        } else {
+            &bytes
+        };
+        let value = parse_json(text)?;
+        Ok(JsonBody {
+            value,
+            idempotency_key,
+            request_hash,
+        })
+    }
+}
+
+fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = v
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= limits::IDEMPOTENCY_KEY_LEN_MAX)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                INVALID_REQUEST,
+                "parameter_invalid",
+                format!(
+                    "The Idempotency-Key header must be 1 to {} visible ASCII characters.",
+                    limits::IDEMPOTENCY_KEY_LEN_MAX
+                ),
+            )
+            .with_param("Idempotency-Key")
+        })?;
+    Ok(Some(key.to_owned()))
+}
+
+/// Parses JSON into `T`, naming the offending parameter on failure.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        json_error(&path, &inner)
+    })?;
+    de.end()
+        .map_err(|e| json_error(".", &e))?;
+    Ok(value)
+}
+
+fn backticked(message: &str) -> Option<&str> {
+    let start = message.find('`')? + 1;
+    let len = message[start..].find('`')?;
+    Some(&message[start..start + len])
+}
+
+fn join_path(path: &str, field: &str) -> String {
+    if path == "." || path.is_empty() {
+        field.to_owned()
+    } else {
+        format!("{path}.{field}")
+    }
+}
+
+fn json_error(path: &str, e: &serde_json::Error) -> ApiError {
+    use serde_json::error::Category;
+    let message = e.to_string();
+    match e.classify() {
+        Category::Syntax | Category::Eof | Category::Io => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            INVALID_REQUEST,
+            "parameter_invalid",
+            format!(
+                "The request body is not valid JSON (line {}, column {}). Send a JSON object.",
+                e.line(),
+                e.column()
+            ),
+        ),
+        Category::Data => {
+            if message.starts_with("unknown field") {
+                // serde_path_to_error's path already ends at the unknown key.
+                let field = backticked(&message).unwrap_or("?");
+                let param = if path.ends_with(field) { path.to_owned() } else { join_path(path, field) };
+                let param: String = param.chars().take(100).collect();
+                ApiError::invalid(
+                    "parameter_unknown",
+                    &param,
+                    format!("Received unknown parameter: {param}."),
+                )
+            } else if message.starts_with("missing field") {
+                let field = backticked(&message).unwrap_or("?");
+                ApiError::missing(&join_path(path, field))
+            } else {
+                let param = if path == "." { "body".to_owned() } else { path.to_owned() };
+                let param: String = param.chars().take(100).collect();
+                let code = if param == "amount" || param.ends_with(".amount") || param == "max_per_charge" {
+                    "amount_invalid"
+                } else {
+                    "parameter_invalid"
+                };
+                // serde's message can quote the value sent (a card number
+                // in the wrong type, say): keep only what was expected.
+                let head = message.split(" at line ").next().unwrap_or("");
+                let sentence = match head.find("expected ") {
+                    Some(i) => format!("Invalid value for {param}: {}.", &head[i..]),
+                    None => format!("Invalid value for {param}."),
+                };
+                let sentence: String = sentence.chars().take(200).collect();
+                ApiError::invalid(code, &param, sentence)
+            }
+        }
+    }
+}
+
+/// An object id from the path: anything that cannot be one of ours is a
+/// plain 404, never a 500.
+#[derive(Debug, Clone)]
+pub struct Id(pub String);
+
+impl FromRequestParts<AppState> for Id {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Id, ApiError> {
+        let Path(id) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::not_found("object", "?"))?;
+        if id.len() > limits::ID_LEN_MAX {
+            return Err(ApiError::not_found("object", &id));
+        }
+        Ok(Id(id))
+    }
+}
+
+/// A list query: `limit`, `starting_after` and the filters a route allows.
+#[derive(Debug, Default)]
+pub struct ListQuery {
+    pub page: PageRequest,
+    pub filters: HashMap<String, String>,
+}
+
+impl ListQuery {
+    /// Parses `query`, refusing any key outside `limit`, `starting_after`
+    /// and `allowed_filters`.
+    pub fn parse(query: Option<&str>, allowed_filters: &[&str]) -> Result<ListQuery, ApiError> {
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or(""))
+            .map_err(|_| ApiError::invalid("parameter_invalid", "query", "The query string is malformed."))?;
+        let mut out = ListQuery {
+            page: PageRequest {
+                limit: limits::LIST_LIMIT_DEFAULT,
+                starting_after: None,
+            },
+            filters: HashMap::new(),
+        };
+        for (key, value) in pairs {
+            match key.as_str() {
+                "limit" => {
+                    out.page.limit = value
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|l| (1..=limits::LIST_LIMIT_MAX).contains(l))
+                        .ok_or_else(|| {
+                            ApiError::invalid(
+                                "parameter_invalid",
+                                "limit",
+                                format!("limit must be an integer from 1 to {}.", limits::LIST_LIMIT_MAX),
+                            )
+                        })?;
+                }
+                "starting_after" => {
+                    if value.is_empty() || value.len() > limits::ID_LEN_MAX {
+                        return Err(ApiError::invalid(
+                            "parameter_invalid",
+                            "starting_after",
+                            "starting_after must be the id of an object from a previous page.",
+                        ));
+                    }
+                    out.page.starting_after = Some(value);
+                }
+                k if allowed_filters.contains(&k) => {
+                    if value.len() > limits::ID_LEN_MAX {
+                        return Err(ApiError::invalid("parameter_invalid", k, format!("{k} is too long.")));
+                    }
+                    out.filters.insert(key, value);
+                }
+                _ => {
+                    let shown: String = key.chars().take(40).collect();
+                    return Err(ApiError::invalid(
+                        "parameter_unknown",
+                        &shown,
+                        format!("Received unknown query parameter: {shown}."),
+                    ));
+                }
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,331 @@
+//! Response bodies: the boundary types that derive `Serialize`. Each is a
+//! pure function of a store record, so a response remembered under an
+//! idempotency key is byte-for-byte what the first request returned.
+
+use serde::Serialize;
+
+use crate::store::model::*;
+
+#[derive(Serialize)]
+pub struct List<T> {
+    pub object: &'static str,
+    pub data: Vec<T>,
+    pub has_more: bool,
+    pub url: String,
+}
+
+pub fn list<'a, R, T>(page: &'a Page<R>, url: &str, view: impl Fn(&'a R) -> T) -> List<T> {
+    List {
+        object: "list",
+        data: page.data.iter().map(view).collect(),
+        has_more: page.has_more,
+        url: url.to_owned(),
+    }
+}
+
+#[derive(Serialize)]
+pub struct CustomerView<'a> {
+    pub id: &'a str,
+    pub object: &'static str,
+    pub created: i64,
+    pub email: Option<&'a str>,
+    pub name: Option<&'a str>,
+    pub metadata: &'a Metadata,
+}
+
+pub fn customer(c: &Customer) -> CustomerView<'_> {
+    CustomerView {
+        id: &c.id,
+        object: "customer",
+        created: c.created,
+        email: c.email.as_deref(),
+        name: c.name.as_deref(),
+        metadata: &c.metadata,
+    }
+}
+
+#[derive(Serialize)]
+pub struct CredentialView<'a> {
+    pub id: &'a str,
+    pub object: &'static str,
+    pub created: i64,
+    pub customer: &'a str,
+    pub name: Option<&'a str>,
+    pub status: &'static str,
+    pub revoked_at: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<&'a str>,
+}
+
+pub fn credential<'a>(c: &'a Credential, secret: Option<&'a str>) -> CredentialView<'a> {
+    CredentialView {
+        id: &c.id,
+        object: "credential",
+        created: c.created,
+        customer: &c.customer_id,
+        name: c.name.as_deref(),
+        status: if c.active { "active" } else { "revoked" },
+        revoked_at: c.revoked_at,
+        secret,
+    }
+}
+
+#[derive(Serialize)]
+pub struct ProviderView<'a> {
+    pub id: &'a str,
+    pub object: &'static str,
+    pub created: i64,
+    pub name: &'a str,
+    pub metadata: &'a Metadata,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<&'a str>,
+}
+
+pub fn provider<'a>(p: &'a Provider, secret: Option<&'a str>) -> ProviderView<'a> {
+    ProviderView {
+        id: &p.id,
+        object: "provider",
+        created: p.created,
+        name: &p.name,
+        metadata: &p.metadata,
+        secret,
+    }
+}
+
+#[derive(Serialize)]
+pub struct CardView<'a> {
+    pub brand: &'a str,
+    pub last4: &'a str,
+    pub exp_month: i64,
+    pub exp_year: i64,
+    pub fingerprint: &'a str,
+}
+
+#[derive(Serialize)]
+pub struct PaymentMethodView<'a> {
+    pub id: &'a str,
+    pub object: &'static str,
+    pub created: i64,
+    pub customer: &'a str,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub status: &'static str,
+    pub card: CardView<'a>,
+}
+
+pub fn payment_method(m: &PaymentMethod) -> PaymentMethodView<'_> {
+    PaymentMethodView {
+        id: &m.id,
+        object: "payment_method",
+        created: m.created,
+        customer: &m.customer_id,
+        kind: "card",
+        status: if m.active { "active" } else { "detached" },
+        card: CardView {
+            brand: &m.brand,
+            last4: &m.last4,
+            exp_month: m.exp_month,
+            exp_year: m.exp_year,
+            fingerprint: &m.fingerprint,
+        },
+    }
+}
+
+#[derive(Serialize)]
+pub struct CapView {
+    pub amount: i64,
+    pub period: &'static str,
+}
+
+#[derive(Serialize)]
+pub struct SpendView {
+    pub period_start: i64,
+    pub period_end: Option<i64>,
+    pub captured: i64,
+    pub pending: i64,
+    pub remaining: i64,
+}
+
+fn spend(d: &TokenDetails) -> SpendView {
+    SpendView {
+        period_start: d.window.start,
+        period_end: d.window.end,
+        captured: d.spend.captured,
+        pending: d.spend.pending,
+        remaining: d.spend.remaining(d.token.cap),
+    }
+}
+
+#[derive(Serialize)]
+pub struct TokenView<'a> {
+    pub id: &'a str,
+    pub object: &'static str,
+    pub created: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<&'a str>,
+    pub status: &'static str,
+    pub customer: &'a str,
+    pub credential: &'a str,
+    pub payment_method: &'a str,
+    pub provider: &'a str,
+    pub currency: &'static str,
+    pub cap: CapView,
+    pub usage: &'static str,
+    pub max_per_charge: Option<i64>,
+    pub expires_at: i64,
+    pub parent: Option<&'a str>,
+    pub spend: SpendView,
+    pub metadata: &'a Metadata,
+}
+
+pub fn token<'a>(d: &'a TokenDetails, secret: Option<&'a str>) -> TokenView<'a> {
+    let t = &d.token;
+    TokenView {
+        id: &t.id,
+        object: "payment_token",
+        created: t.created,
+        token: secret,
+        status: d.status.name(),
+        customer: &t.customer_id,
+        credential: &t.credential_id,
+        payment_method: &t.payment_method_id,
+        provider: &t.provider_id,
+        currency: t.currency.code(),
+        cap: CapView {
+            amount: t.cap.get(),
+            period: t.period.name(),
+        },
+        usage: t.usage.name(),
+        max_per_charge: t.max_per_charge,
+        expires_at: t.expires_at,
+        parent: t.parent_id.as_deref(),
+        spend: spend(d),
+        metadata: &t.metadata,
+    }
+}
+
+#[derive(Serialize)]
+pub struct ProviderRef<'a> {
+    pub id: &'a str,
+    pub name: &'a str,
+}
+
+/// What an agent holding the token may know: nothing about the card or the
+/// customer.
+#[derive(Serialize)]
+pub struct TokenSelfView<'a> {
+    pub id: &'a str,
+    pub object: &'static str,
+    pub status: &'static str,
+    pub provider: ProviderRef<'a>,
+    pub currency: &'static str,
+    pub cap: CapView,
+    pub usage: &'static str,
+    pub max_per_charge: Option<i64>,
+    pub expires_at: i64,
+    pub spend: SpendView,
+}
+
+pub fn token_self(d: &TokenDetails) -> TokenSelfView<'_> {
+    let t = &d.token;
+    TokenSelfView {
+        id: &t.id,
+        object: "payment_token",
+        status: d.status.name(),
+        provider: ProviderRef {
+            id: &t.provider_id,
+            name: &d.provider_name,
+        },
+        currency: t.currency.code(),
+        cap: CapView {
+            amount: t.cap.get(),
+            period: t.period.name(),
+        },
+        usage: t.usage.name(),
+        max_per_charge: t.max_per_charge,
+        expires_at: t.expires_at,
+        spend: spend(d),
+    }
+}
+
+#[derive(Serialize)]
+pub struct ChargeCardView<'a> {
+    pub brand: &'a str,
+    pub last4: &'a str,
+}
+
+#[derive(Serialize)]
+pub struct PaymentMethodDetails<'a> {
+    pub card: ChargeCardView<'a>,
+}
+
+#[derive(Serialize)]
+pub struct ChargeView<'a> {
+    pub id: &'a str,
+    pub object: &'static str,
+    pub created: i64,
+    pub amount: i64,
+    pub amount_captured: i64,
+    pub amount_refunded: i64,
+    pub currency: &'static str,
+    pub status: &'static str,
+    pub captured: bool,
+    pub refunded: bool,
+    pub capture_before: Option<i64>,
+    pub payment_token: &'a str,
+    pub provider: &'a str,
+    pub description: Option<&'a str>,
+    pub metadata: &'a Metadata,
+    pub payment_method_details: PaymentMethodDetails<'a>,
+}
+
+pub fn charge(c: &Charge) -> ChargeView<'_> {
+    ChargeView {
+        id: &c.id,
+        object: "charge",
+        created: c.created,
+        amount: c.amount,
+        amount_captured: c.amount_captured,
+        amount_refunded: c.amount_refunded,
+        currency: c.currency.code(),
+        status: c.status.name(),
+        captured: c.status == ChargeStatus::Succeeded,
+        refunded: c.amount_captured > 0 && c.amount_refunded == c.amount_captured,
+        capture_before: c.capture_before,
+        payment_token: &c.token_id,
+        provider: &c.provider_id,
+        description: c.description.as_deref(),
+        metadata: &c.metadata,
+        payment_method_details: PaymentMethodDetails {
+            card: ChargeCardView {
+                brand: &c.brand,
+                last4: &c.last4,
+            },
+        },
+    }
+}
+
+#[derive(Serialize)]
+pub struct RefundView<'a> {
+    pub id: &'a str,
+    pub object: &'static str,
+    pub created: i64,
+    pub charge: &'a str,
+    pub amount: i64,
+    pub currency: &'static str,
+    pub status: &'static str,
+    pub metadata: &'a Metadata,
+}
+
+pub fn refund(r: &Refund) -> RefundView<'_> {
+    RefundView {
+        id: &r.id,
+        object: "refund",
+        created: r.created,
+        charge: &r.charge_id,
+        amount: r.amount,
+        currency: r.currency.code(),
+        status: "succeeded",
+        metadata: &r.metadata,
+    }
+}

@@ -1,0 +1,226 @@
+//! Starting and stopping a server: data directory, master key, store,
+//! vault, admin secret, clock, background sweeps, and graceful shutdown.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use scrip_core::limits;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::api::{self, AppState};
+use crate::clock::{system_now, Clock};
+use crate::network::Simulator;
+use crate::secrets::{hash_secret, Secret, SecretHash, PREFIX_ADMIN};
+use crate::store::sqlite::SqliteStore;
+use crate::store::{Store, StoreError};
+use crate::vault::{MasterKey, Vault, VaultError};
+
+/// How often holds past their capture deadline are released.
+const SWEEP_INTERVAL_SECS: u64 = 5;
+/// The shortest admin secret accepted after its prefix.
+const ADMIN_KEY_CHARS_MIN: usize = 32;
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub test_clock: bool,
+    /// `SCRIP_ADMIN_KEY`; when `None`, one is generated on first start.
+    pub admin_key: Option<String>,
+    /// `SCRIP_MASTER_KEY` (base64 of 32 bytes); when `None`, `master.key`
+    /// in the data directory is used, created on first start.
+    pub master_key: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("data directory {0}: {1}")]
+    DataDir(PathBuf, std::io::Error),
+    #[error("SCRIP_ADMIN_KEY must start with sk_admin_ and have at least {ADMIN_KEY_CHARS_MIN} characters after it")]
+    AdminKeyFormat,
+    #[error("master key: {0}")]
+    MasterKey(#[from] VaultError),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {0}: {1}")]
+    Listen(SocketAddr, std::io::Error),
+}
+
+/// A running server.
+pub struct Running {
+    pub addr: SocketAddr,
+    /// The admin secret generated on this start, to print once.
+    pub generated_admin_key: Option<Secret>,
+    /// Whether the master key was generated or read from `master.key`.
+    pub master_key_from_file: bool,
+    shutdown: watch::Sender<bool>,
+    server: JoinHandle<std::io::Result<()>>,
+    sweeper: JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops accepting connections, lets in-flight requests finish (up to
+    /// the grace period), and returns.
+    pub async fn shutdown(self) -> std::io::Result<()> {
+        let _ = self.shutdown.send(true);
+        self.sweeper.abort();
+        match tokio::time::timeout(Duration::from_secs(limits::SHUTDOWN_GRACE_SECS), self.server).await {
+            Ok(joined) => joined.unwrap_or(Ok(())),
+            Err(_) => {
+                tracing::warn!("in-flight requests did not finish within the grace period");
+                Ok(())
+            }
+        }
+    }
+}
+
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// Reads `master.key`, or creates it (mode 0600) with a fresh key.
+fn master_key_file(dir: &Path) -> Result<MasterKey, StartError> {
+    let path = dir.join("master.key");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(MasterKey::from_base64(&text)?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = MasterKey::generate();
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                options.mode(0o600);
+            }
+            let mut file = options.open(&path).map_err(|e| StartError::DataDir(path.clone(), e))?;
+            use std::io::Write;
+            file.write_all(key.to_base64().as_bytes())
+                .and_then(|()| file.sync_all())
+                .map_err(|e| StartError::DataDir(path.clone(), e))?;
+            Ok(key)
+        }
+        Err(e) => Err(StartError::DataDir(path, e)),
+    }
+}
+
+/// Opens everything and starts serving on `config.listen` (port 0 picks a
+/// free port; see [`Running::addr`]).
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    create_private_dir(&config.data_dir).map_err(|e| StartError::DataDir(config.data_dir.clone(), e))?;
+    let (master, master_key_from_file) = match &config.master_key {
+        Some(text) => (MasterKey::from_base64(text)?, false),
+        None => (master_key_file(&config.data_dir)?, true),
+    };
+    if master_key_from_file {
+        tracing::warn!(
+            path = %config.data_dir.join("master.key").display(),
+            "using the master key file in the data directory: a development default; set SCRIP_MASTER_KEY in production"
+        );
+    }
+    let db_path = config.data_dir.join("scrip.db");
+    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&db_path))
+        .await
+        .map_err(|e| StoreError::Database(e.to_string()))??;
+    let store: Arc<dyn Store> = Arc::new(store);
+
+    let stored_keys = store.data_keys().await?;
+    let (vault, new_keys) = Vault::open(master, &stored_keys, system_now())?;
+    if !new_keys.is_empty() {
+        store.insert_data_keys(new_keys).await?;
+    }
+
+    let mut generated_admin_key = None;
+    let admin_hash: SecretHash = match &config.admin_key {
+        Some(key) => {
+            let valid = key
+                .strip_prefix(PREFIX_ADMIN)
+                .is_some_and(|rest| rest.len() >= ADMIN_KEY_CHARS_MIN && rest.len() <= limits::SECRET_LEN_MAX);
+            if !valid {
+                return Err(StartError::AdminKeyFormat);
+            }
+            hash_secret(key)
+        }
+        None => match store.admin_key_hash().await? {
+            Some(hash) => hash,
+            None => {
+                let secret = Secret::generate(PREFIX_ADMIN);
+                let hash = secret.hash();
+                store.set_admin_key_hash(hash).await?;
+                generated_admin_key = Some(secret);
+                hash
+            }
+        },
+    };
+
+    let clock = Arc::new(if config.test_clock {
+        Clock::test(store.clock_offset().await?)
+    } else {
+        Clock::system()
+    });
+
+    let state = AppState {
+        store: store.clone(),
+        vault: Arc::new(vault),
+        network: Arc::new(Simulator),
+        clock: clock.clone(),
+        admin_hash,
+        in_flight: Default::default(),
+        metrics: Default::default(),
+    };
+    let router = api::app(state);
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| StartError::Listen(config.listen, e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| StartError::Listen(config.listen, e))?;
+    let (shutdown, mut stop) = watch::channel(false);
+    let server = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
+    });
+    let sweeper = tokio::spawn(sweep(store, clock));
+    tracing::info!(%addr, test_clock = config.test_clock, "scrip is serving");
+    Ok(Running {
+        addr,
+        generated_admin_key,
+        master_key_from_file,
+        shutdown,
+        server,
+        sweeper,
+    })
+}
+
+/// Background upkeep: releases expired holds and forgets old idempotency
+/// records.
+async fn sweep(store: Arc<dyn Store>, clock: Arc<Clock>) {
+    let mut ticks: u64 = 0;
+    loop {
+        tokio::time::sleep(Duration::from_secs(SWEEP_INTERVAL_SECS)).await;
+        ticks += 1;
+        match store.expire_holds(clock.now(), 1_000).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(released = n, "released expired authorization holds"),
+            Err(e) => tracing::error!(error = %e, "hold sweep failed"),
+        }
+        if ticks % 60 == 0 {
+            let before = clock.now() - limits::IDEMPOTENCY_TTL_SECS;
+            if let Err(e) = store.purge_idempotency(before).await {
+                tracing::error!(error = %e, "idempotency purge failed");
+            }
+        }
+    }
+}

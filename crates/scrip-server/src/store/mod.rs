@@ -1,0 +1,237 @@
+//! The store: Scrip's persistence, behind a trait whose methods are domain
+//! operations (authorize a charge against a token's cap, capture, refund,
+//! revoke…), never CRUD. Each write method is atomic: all of its effect, and
+//! the idempotency record that remembers its response, or none of it.
+//!
+//! [`sqlite::SqliteStore`] is the embedded backend (one writer thread with
+//! group commit, many readers). A PostgreSQL backend implements the same
+//! trait; `tests/api` drives both through the HTTP layer.
+
+pub mod model;
+pub mod sqlite;
+
+use async_trait::async_trait;
+use scrip_core::token::Refusal;
+use scrip_core::UnixSecs;
+
+use crate::secrets::SecretHash;
+use crate::vault::{Sealed, WrappedKey};
+use model::*;
+
+/// Operating errors of the store, mapped to API errors by `api::error`.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No such object, or not one the caller may see.
+    #[error("no such {resource}: {id}")]
+    NotFound { resource: &'static str, id: String },
+    /// The charge decision said no.
+    #[error("refused: {}", .0.code())]
+    Refused(Refusal),
+    /// The object is in a state that forbids the operation.
+    #[error("{code}: {message}")]
+    Conflict { code: &'static str, message: String },
+    /// A parameter is valid in shape but not against what is stored.
+    #[error("{code} ({param}): {message}")]
+    Invalid {
+        code: &'static str,
+        param: &'static str,
+        message: String,
+    },
+    /// Another request with the same idempotency key committed first; this
+    /// one's effect was rolled back.
+    #[error("idempotency key already used by a committed request")]
+    IdempotencyRace,
+    /// Overloaded: the write queue is full. Nothing was written.
+    #[error("the store is overloaded")]
+    Overloaded,
+    /// The database failed. Nothing was acknowledged.
+    #[error("database failure: {0}")]
+    Database(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Renders an operation's result into the response that the idempotency
+/// record remembers (already sealed by the vault).
+pub type Render<T> = Box<dyn FnOnce(&T) -> StoreResult<(u16, Sealed)> + Send>;
+
+/// Asks a write to remember its response under an idempotency key, in the
+/// same transaction as its effect.
+pub struct IdemWrite<T> {
+    pub actor: String,
+    pub key: String,
+    pub request_hash: [u8; 32],
+    pub render: Render<T>,
+}
+
+/// What a token's status change asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenChange {
+    Revoke,
+    Suspend,
+    Resume,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    // --- boot and operations -------------------------------------------
+    async fn health(&self) -> StoreResult<()>;
+    async fn data_keys(&self) -> StoreResult<Vec<WrappedKey>>;
+    async fn insert_data_keys(&self, keys: Vec<WrappedKey>) -> StoreResult<()>;
+    async fn admin_key_hash(&self) -> StoreResult<Option<SecretHash>>;
+    async fn set_admin_key_hash(&self, hash: SecretHash) -> StoreResult<()>;
+    async fn clock_offset(&self) -> StoreResult<i64>;
+    async fn set_clock_offset(&self, offset_secs: i64) -> StoreResult<()>;
+
+    // --- authentication and idempotency -----------------------------------
+    /// The principal a secret belongs to, if it is known and usable.
+    async fn resolve_secret(&self, hash: SecretHash) -> StoreResult<Option<Principal>>;
+    /// The response remembered under `(actor, key)` if younger than 24 h.
+    async fn idempotent_response(
+        &self,
+        actor: &str,
+        key: &str,
+        now: UnixSecs,
+    ) -> StoreResult<Option<StoredResponse>>;
+    /// Forgets idempotency records older than `before`.
+    async fn purge_idempotency(&self, before: UnixSecs) -> StoreResult<usize>;
+
+    // --- customers, credentials, providers (admin) --------------------------
+    async fn create_customer(
+        &self,
+        customer: Customer,
+        idem: Option<IdemWrite<Customer>>,
+    ) -> StoreResult<Customer>;
+    async fn customer(&self, id: &str) -> StoreResult<Customer>;
+    async fn customers(&self, page: PageRequest) -> StoreResult<Page<Customer>>;
+    async fn create_credential(
+        &self,
+        credential: Credential,
+        secret: SecretHash,
+        idem: Option<IdemWrite<Credential>>,
+    ) -> StoreResult<Credential>;
+    async fn credential(&self, id: &str) -> StoreResult<Credential>;
+    async fn credentials(&self, customer_id: &str, page: PageRequest) -> StoreResult<Page<Credential>>;
+    /// Revokes a credential and, through it, every token it issued, in O(1).
+    async fn revoke_credential(
+        &self,
+        id: &str,
+        now: UnixSecs,
+        idem: Option<IdemWrite<Credential>>,
+    ) -> StoreResult<Credential>;
+    async fn create_provider(
+        &self,
+        provider: Provider,
+        secret: SecretHash,
+        idem: Option<IdemWrite<Provider>>,
+    ) -> StoreResult<Provider>;
+    async fn provider(&self, id: &str) -> StoreResult<Provider>;
+    async fn providers(&self, page: PageRequest) -> StoreResult<Page<Provider>>;
+    /// Replaces a provider's secret; the old one stops working at once.
+    async fn roll_provider_secret(
+        &self,
+        id: &str,
+        secret: SecretHash,
+        idem: Option<IdemWrite<Provider>>,
+    ) -> StoreResult<Provider>;
+
+    // --- vault --------------------------------------------------------------
+    async fn create_payment_method(
+        &self,
+        new: NewPaymentMethod,
+        idem: Option<IdemWrite<PaymentMethod>>,
+    ) -> StoreResult<PaymentMethod>;
+    /// `customer_id` limits the lookup to one customer's methods.
+    async fn payment_method(&self, id: &str, customer_id: Option<&str>) -> StoreResult<PaymentMethod>;
+    async fn payment_methods(
+        &self,
+        customer_id: Option<&str>,
+        page: PageRequest,
+    ) -> StoreResult<Page<PaymentMethod>>;
+    /// Detaches a payment method; every token on it stops at once.
+    async fn detach_payment_method(
+        &self,
+        id: &str,
+        customer_id: Option<&str>,
+        now: UnixSecs,
+        idem: Option<IdemWrite<PaymentMethod>>,
+    ) -> StoreResult<PaymentMethod>;
+
+    // --- tokens -------------------------------------------------------------
+    /// Issues a token after checking its payment method (the customer's,
+    /// active) and provider (exists).
+    async fn create_token(
+        &self,
+        new: NewToken,
+        now: UnixSecs,
+        idem: Option<IdemWrite<TokenDetails>>,
+    ) -> StoreResult<TokenDetails>;
+    async fn token(&self, id: &str, customer_id: Option<&str>, now: UnixSecs) -> StoreResult<TokenDetails>;
+    async fn tokens(
+        &self,
+        filter: TokenFilter,
+        page: PageRequest,
+        now: UnixSecs,
+    ) -> StoreResult<Page<TokenDetails>>;
+    /// Revokes (with every descendant), suspends or resumes a token.
+    async fn change_token(
+        &self,
+        id: &str,
+        customer_id: Option<&str>,
+        change: TokenChange,
+        now: UnixSecs,
+        idem: Option<IdemWrite<TokenDetails>>,
+    ) -> StoreResult<TokenDetails>;
+
+    // --- charges and refunds --------------------------------------------------
+    /// What the charge path needs before asking the network, or `None` for
+    /// an unknown token.
+    async fn charge_context(&self, token: SecretHash, now: UnixSecs) -> StoreResult<Option<ChargeContext>>;
+    /// Revokes a token presented by the wrong provider (it has leaked).
+    async fn revoke_token_for_misuse(&self, token_id: &str, now: UnixSecs) -> StoreResult<()>;
+    /// Decides the charge again against the current spend of the token and
+    /// every ancestor and, if it passes, records it: one atomic step.
+    async fn create_charge(
+        &self,
+        new: NewCharge,
+        now: UnixSecs,
+        idem: Option<IdemWrite<Charge>>,
+    ) -> StoreResult<Charge>;
+    /// `provider_id` limits the lookup to one provider's charges.
+    async fn charge(&self, id: &str, provider_id: Option<&str>) -> StoreResult<Charge>;
+    async fn charges(&self, filter: ChargeFilter, page: PageRequest) -> StoreResult<Page<Charge>>;
+    async fn capture_charge(
+        &self,
+        id: &str,
+        provider_id: Option<&str>,
+        amount: Option<i64>,
+        now: UnixSecs,
+        idem: Option<IdemWrite<Charge>>,
+    ) -> StoreResult<Charge>;
+    async fn cancel_charge(
+        &self,
+        id: &str,
+        provider_id: Option<&str>,
+        now: UnixSecs,
+        idem: Option<IdemWrite<Charge>>,
+    ) -> StoreResult<Charge>;
+    async fn create_refund(
+        &self,
+        refund_id: &str,
+        charge_id: &str,
+        provider_id: Option<&str>,
+        amount: Option<i64>,
+        metadata: Metadata,
+        now: UnixSecs,
+        idem: Option<IdemWrite<Refund>>,
+    ) -> StoreResult<Refund>;
+    async fn refund(&self, id: &str, provider_id: Option<&str>) -> StoreResult<Refund>;
+    async fn refunds(
+        &self,
+        provider_id: Option<&str>,
+        charge_id: Option<&str>,
+        page: PageRequest,
+    ) -> StoreResult<Page<Refund>>;
+    /// Releases holds not captured in time; returns how many.
+    async fn expire_holds(&self, now: UnixSecs, limit: usize) -> StoreResult<usize>;
+}

@@ -1,0 +1,1741 @@
+//! The embedded store: SQLite in WAL mode with `synchronous=FULL`.
+//!
+//! Every write runs on one writer thread that commits whatever operations
+//! are queued as one group: one transaction and one fsync per group, each
+//! operation inside its own savepoint so it stays all-or-nothing. Callers
+//! hear back only after the group's COMMIT returned, so every acknowledged
+//! write is on disk. Reads use a small pool of their own connections and
+//! never wait for the writer (WAL readers see the last committed state).
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use scrip_core::limits;
+use scrip_core::money::{CapAmount, Currency};
+use scrip_core::period::Period;
+use scrip_core::token::{self, ChargeRequest, Link, Scope, Spend, Standing, Status, StoredStatus, Usage};
+use scrip_core::UnixSecs;
+use tokio::sync::oneshot;
+
+use super::model::*;
+use super::{IdemWrite, Store, StoreError, StoreResult, TokenChange};
+use crate::secrets::SecretHash;
+use crate::vault::{Sealed, WrappedKey};
+
+/// Versioned schema migrations, applied in order at start. Never edit one
+/// that has shipped: add the next.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE data_keys (
+    seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, purpose TEXT NOT NULL,
+    master_key_id TEXT NOT NULL, wrapped BLOB NOT NULL, created INTEGER NOT NULL);
+CREATE TABLE api_secrets (
+    hash BLOB PRIMARY KEY, role TEXT NOT NULL, object_id TEXT NOT NULL) WITHOUT ROWID;
+CREATE INDEX api_secrets_object ON api_secrets(object_id);
+CREATE TABLE customers (
+    seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, email TEXT, name TEXT,
+    metadata TEXT NOT NULL, created INTEGER NOT NULL);
+CREATE TABLE credentials (
+    seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, customer_id TEXT NOT NULL,
+    name TEXT, active INTEGER NOT NULL, created INTEGER NOT NULL, revoked_at INTEGER);
+CREATE INDEX credentials_customer ON credentials(customer_id, seq);
+CREATE TABLE providers (
+    seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, name TEXT NOT NULL,
+    metadata TEXT NOT NULL, created INTEGER NOT NULL);
+CREATE TABLE payment_methods (
+    seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, customer_id TEXT NOT NULL,
+    active INTEGER NOT NULL, brand TEXT NOT NULL, last4 TEXT NOT NULL,
+    exp_month INTEGER NOT NULL, exp_year INTEGER NOT NULL, fingerprint TEXT NOT NULL,
+    key_id TEXT NOT NULL, nonce BLOB NOT NULL, ciphertext BLOB NOT NULL,
+    created INTEGER NOT NULL, detached_at INTEGER);
+CREATE INDEX payment_methods_customer ON payment_methods(customer_id, seq);
+CREATE TABLE tokens (
+    seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, customer_id TEXT NOT NULL,
+    credential_id TEXT NOT NULL, payment_method_id TEXT NOT NULL, provider_id TEXT NOT NULL,
+    currency TEXT NOT NULL, cap_amount INTEGER NOT NULL, cap_period TEXT NOT NULL,
+    usage TEXT NOT NULL, max_per_charge INTEGER, expires_at INTEGER NOT NULL,
+    parent_id TEXT, status TEXT NOT NULL, metadata TEXT NOT NULL,
+    created INTEGER NOT NULL, status_changed INTEGER);
+CREATE INDEX tokens_customer ON tokens(customer_id, seq);
+CREATE INDEX tokens_provider ON tokens(provider_id, seq);
+CREATE INDEX tokens_parent ON tokens(parent_id) WHERE parent_id IS NOT NULL;
+CREATE TABLE token_spend (
+    token_id TEXT NOT NULL, period_start INTEGER NOT NULL,
+    captured INTEGER NOT NULL, pending INTEGER NOT NULL,
+    PRIMARY KEY (token_id, period_start)) WITHOUT ROWID;
+CREATE TABLE charges (
+    seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, token_id TEXT NOT NULL,
+    provider_id TEXT NOT NULL, customer_id TEXT NOT NULL, payment_method_id TEXT NOT NULL,
+    amount INTEGER NOT NULL, amount_captured INTEGER NOT NULL, amount_refunded INTEGER NOT NULL,
+    currency TEXT NOT NULL, status TEXT NOT NULL, description TEXT, metadata TEXT NOT NULL,
+    brand TEXT NOT NULL, last4 TEXT NOT NULL, created INTEGER NOT NULL,
+    capture_before INTEGER, network_reference TEXT NOT NULL);
+CREATE INDEX charges_provider ON charges(provider_id, seq);
+CREATE INDEX charges_customer ON charges(customer_id, seq);
+CREATE INDEX charges_token ON charges(token_id, seq);
+CREATE INDEX charges_holds ON charges(capture_before) WHERE status = 'requires_capture';
+CREATE TABLE refunds (
+    seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, charge_id TEXT NOT NULL,
+    provider_id TEXT NOT NULL, amount INTEGER NOT NULL, currency TEXT NOT NULL,
+    metadata TEXT NOT NULL, created INTEGER NOT NULL);
+CREATE INDEX refunds_provider ON refunds(provider_id, seq);
+CREATE INDEX refunds_charge ON refunds(charge_id, seq);
+CREATE TABLE idempotency (
+    actor TEXT NOT NULL, key TEXT NOT NULL, request_hash BLOB NOT NULL,
+    status INTEGER NOT NULL, key_id TEXT NOT NULL, nonce BLOB NOT NULL, body BLOB NOT NULL,
+    created INTEGER NOT NULL, PRIMARY KEY (actor, key)) WITHOUT ROWID;
+CREATE INDEX idempotency_created ON idempotency(created);
+"#];
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> StoreError {
+        StoreError::Database(e.to_string())
+    }
+}
+
+/// A queued write: runs on the writer's connection inside the group's
+/// transaction and returns what to tell the caller once the group's fate
+/// (committed or not) is known.
+type Job = Box<dyn FnOnce(&Connection) -> Box<dyn FnOnce(bool) + Send> + Send>;
+
+pub struct SqliteStore {
+    path: PathBuf,
+    jobs: SyncSender<Job>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+    read_slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").field("path", &self.path).finish()
+    }
+}
+
+fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // FULL: a commit is on disk (WAL fsynced) before COMMIT returns.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    conn.set_prepared_statement_cache_capacity(128);
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path`, applies pending
+    /// migrations and starts the writer thread.
+    pub fn open(path: &Path) -> StoreResult<SqliteStore> {
+        let mut writer = open_connection(path)?;
+        migrate(&mut writer)?;
+        let (jobs, queue) = sync_channel::<Job>(limits::WRITER_QUEUE_MAX);
+        std::thread::Builder::new()
+            .name("scrip-sqlite-writer".into())
+            .spawn(move || writer_loop(writer, queue))
+            .map_err(|e| StoreError::Database(format!("cannot start the writer thread: {e}")))?;
+        Ok(SqliteStore {
+            path: path.to_owned(),
+            jobs,
+            readers: Arc::new(Mutex::new(Vec::new())),
+            read_slots: Arc::new(tokio::sync::Semaphore::new(limits::READ_CONNECTIONS_MAX)),
+        })
+    }
+
+    /// Runs `op` on the writer inside a savepoint of the current group and
+    /// resolves once the group is committed. With `idem`, the rendered
+    /// response is remembered in the same savepoint.
+    async fn write<T, F>(&self, op: F, idem: Option<IdemWrite<T>>) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel::<StoreResult<T>>();
+        let job: Job = Box::new(move |conn| {
+            let result = in_savepoint(conn, |conn| {
+                let value = op(conn)?;
+                if let Some(idem) = idem {
+                    remember_response(conn, idem, &value)?;
+                }
+                Ok(value)
+            });
+            Box::new(move |committed| {
+                let result = if committed {
+                    result
+                } else {
+                    result.and(Err(StoreError::Database("the group commit failed".into())))
+                };
+                let _ = reply.send(result);
+            })
+        });
+        match self.jobs.try_send(job) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => return Err(StoreError::Overloaded),
+            Err(TrySendError::Disconnected(_)) => {
+                return Err(StoreError::Database("the writer thread has stopped".into()))
+            }
+        }
+        answer
+            .await
+            .map_err(|_| StoreError::Database("the writer dropped the operation".into()))?
+    }
+
+    /// Runs `op` on a read connection in one read transaction (a consistent
+    /// snapshot), off the async runtime.
+    async fn read<T, F>(&self, op: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let _slot = self
+            .read_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::Database("the read pool is closed".into()))?;
+        let readers = self.readers.clone();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let pooled = readers.lock().ok().and_then(|mut pool| pool.pop());
+            let conn = match pooled {
+                Some(c) => c,
+                None => open_connection(&path)?,
+            };
+            let result = (|| {
+                conn.execute_batch("BEGIN")?;
+                let r = op(&conn);
+                conn.execute_batch("COMMIT")?;
+                r
+            })();
+            if conn.is_autocommit() {
+                if let Ok(mut pool) = readers.lock() {
+                    pool.push(conn);
+                }
+            }
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Database(format!("read task failed: {e}")))?
+    }
+}
+
+fn migrate(conn: &mut Connection) -> StoreResult<()> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied INTEGER NOT NULL)",
+    )?;
+    let applied: i64 = conn.query_row(
+        "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+        [],
+        |r| r.get(0),
+    )?;
+    let known = i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX);
+    if applied > known {
+        return Err(StoreError::Database(format!(
+            "the database schema is version {applied}, newer than this binary's {known}; upgrade scrip"
+        )));
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate() {
+        let version = i64::try_from(index).unwrap_or(i64::MAX) + 1;
+        if version <= applied {
+            continue;
+        }
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, applied) VALUES (?1, strftime('%s','now'))",
+            [version],
+        )?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+fn writer_loop(conn: Connection, queue: Receiver<Job>) {
+    while let Ok(first) = queue.recv() {
+        let mut group = vec![first];
+        while group.len() < limits::WRITER_BATCH_MAX {
+            match queue.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        let began = conn.execute_batch("BEGIN IMMEDIATE").is_ok();
+        if !began {
+            tracing::error!("the writer could not begin a transaction");
+        }
+        let replies: Vec<_> = group.into_iter().map(|job| job(&conn)).collect();
+        let committed = began && conn.execute_batch("COMMIT").is_ok();
+        if began && !committed {
+            tracing::error!(operations = replies.len(), "group commit failed; rolling back");
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        for reply in replies {
+            reply(committed);
+        }
+    }
+}
+
+fn in_savepoint<T>(conn: &Connection, op: impl FnOnce(&Connection) -> StoreResult<T>) -> StoreResult<T> {
+    conn.execute_batch("SAVEPOINT op")?;
+    match op(conn) {
+        Ok(v) => {
+            conn.execute_batch("RELEASE op")?;
+            Ok(v)
+        }
+        Err(e) => {
+            conn.execute_batch("ROLLBACK TO op; RELEASE op")?;
+            Err(e)
+        }
+    }
+}
+
+fn remember_response<T>(conn: &Connection, idem: IdemWrite<T>, value: &T) -> StoreResult<()> {
+    let (status, sealed) = (idem.render)(value)?;
+    let now = crate::clock::system_now();
+    // A record older than the TTL is replaced; a live one means another
+    // request with this key committed first.
+    let changed = conn
+        .prepare_cached(
+            "INSERT INTO idempotency (actor, key, request_hash, status, key_id, nonce, body, created)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             ON CONFLICT (actor, key) DO UPDATE SET request_hash = excluded.request_hash,
+               status = excluded.status, key_id = excluded.key_id, nonce = excluded.nonce,
+               body = excluded.body, created = excluded.created
+             WHERE idempotency.created <= ?9",
+        )?
+        .execute(params![
+            idem.actor,
+            idem.key,
+            &idem.request_hash[..],
+            status,
+            sealed.key_id,
+            sealed.nonce,
+            sealed.ciphertext,
+            now,
+            now - limits::IDEMPOTENCY_TTL_SECS
+        ])?;
+    if changed == 0 {
+        return Err(StoreError::IdempotencyRace);
+    }
+    Ok(())
+}
+
+// --- row mapping -------------------------------------------------------------
+
+fn metadata_from(text: String) -> Metadata {
+    serde_json::from_str(&text).unwrap_or_default()
+}
+
+fn metadata_to(m: &Metadata) -> String {
+    serde_json::to_string(m).unwrap_or_else(|_| "{}".into())
+}
+
+fn bad_row(what: &str) -> rusqlite::Error {
+    rusqlite::Error::InvalidColumnType(0, what.to_owned(), rusqlite::types::Type::Text)
+}
+
+fn currency_col(row: &Row<'_>, i: usize) -> rusqlite::Result<Currency> {
+    let s: String = row.get(i)?;
+    s.parse().map_err(|_| bad_row("currency"))
+}
+
+const CUSTOMER_COLS: &str = "id, email, name, metadata, created";
+fn customer_row(r: &Row<'_>) -> rusqlite::Result<Customer> {
+    Ok(Customer {
+        id: r.get(0)?,
+        email: r.get(1)?,
+        name: r.get(2)?,
+        metadata: metadata_from(r.get(3)?),
+        created: r.get(4)?,
+    })
+}
+
+const CREDENTIAL_COLS: &str = "id, customer_id, name, active, created, revoked_at";
+fn credential_row(r: &Row<'_>) -> rusqlite::Result<Credential> {
+    Ok(Credential {
+        id: r.get(0)?,
+        customer_id: r.get(1)?,
+        name: r.get(2)?,
+        active: r.get(3)?,
+        created: r.get(4)?,
+        revoked_at: r.get(5)?,
+    })
+}
+
+const PROVIDER_COLS: &str = "id, name, metadata, created";
+fn provider_row(r: &Row<'_>) -> rusqlite::Result<Provider> {
+    Ok(Provider {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        metadata: metadata_from(r.get(2)?),
+        created: r.get(3)?,
+    })
+}
+
+const PM_COLS: &str = "id, customer_id, active, brand, last4, exp_month, exp_year, fingerprint, created";
+fn pm_row(r: &Row<'_>) -> rusqlite::Result<PaymentMethod> {
+    Ok(PaymentMethod {
+        id: r.get(0)?,
+        customer_id: r.get(1)?,
+        active: r.get(2)?,
+        brand: r.get(3)?,
+        last4: r.get(4)?,
+        exp_month: r.get(5)?,
+        exp_year: r.get(6)?,
+        fingerprint: r.get(7)?,
+        created: r.get(8)?,
+    })
+}
+
+/// Token columns, then the credential's and payment method's standing and
+/// the provider's name, from `TOKEN_FROM`.
+const TOKEN_COLS: &str = "t.id, t.customer_id, t.credential_id, t.payment_method_id, t.provider_id, \
+     t.currency, t.cap_amount, t.cap_period, t.usage, t.max_per_charge, t.expires_at, t.parent_id, \
+     t.status, t.metadata, t.created, c.active, pm.active, p.name";
+const TOKEN_FROM: &str = "tokens t JOIN credentials c ON c.id = t.credential_id \
+     JOIN payment_methods pm ON pm.id = t.payment_method_id JOIN providers p ON p.id = t.provider_id";
+
+struct TokenRow {
+    token: Token,
+    standing: Standing,
+    provider_name: String,
+}
+
+fn token_row(r: &Row<'_>) -> rusqlite::Result<TokenRow> {
+    let cap: i64 = r.get(6)?;
+    let period: String = r.get(7)?;
+    let usage: String = r.get(8)?;
+    let status: String = r.get(12)?;
+    let stored_status: StoredStatus = status.parse().map_err(|_| bad_row("status"))?;
+    Ok(TokenRow {
+        token: Token {
+            id: r.get(0)?,
+            customer_id: r.get(1)?,
+            credential_id: r.get(2)?,
+            payment_method_id: r.get(3)?,
+            provider_id: r.get(4)?,
+            currency: currency_col(r, 5)?,
+            cap: CapAmount::new(cap).ok_or_else(|| bad_row("cap_amount"))?,
+            period: period.parse::<Period>().map_err(|_| bad_row("cap_period"))?,
+            usage: usage.parse::<Usage>().map_err(|_| bad_row("usage"))?,
+            max_per_charge: r.get(9)?,
+            expires_at: r.get(10)?,
+            parent_id: r.get(11)?,
+            stored_status,
+            metadata: metadata_from(r.get(13)?),
+            created: r.get(14)?,
+        },
+        standing: Standing {
+            stored: stored_status,
+            credential_active: r.get(15)?,
+            payment_method_active: r.get(16)?,
+        },
+        provider_name: r.get(17)?,
+    })
+}
+
+fn scope_of(t: &Token) -> Scope {
+    Scope {
+        provider_id: t.provider_id.clone(),
+        currency: t.currency,
+        cap: t.cap,
+        period: t.period,
+        usage: t.usage,
+        max_per_charge: t.max_per_charge,
+        expires_at: t.expires_at,
+        created: t.created,
+    }
+}
+
+const CHARGE_COLS: &str = "id, token_id, provider_id, customer_id, payment_method_id, amount, \
+     amount_captured, amount_refunded, currency, status, description, metadata, brand, last4, \
+     created, capture_before, network_reference";
+fn charge_row(r: &Row<'_>) -> rusqlite::Result<Charge> {
+    let status: String = r.get(9)?;
+    Ok(Charge {
+        id: r.get(0)?,
+        token_id: r.get(1)?,
+        provider_id: r.get(2)?,
+        customer_id: r.get(3)?,
+        payment_method_id: r.get(4)?,
+        amount: r.get(5)?,
+        amount_captured: r.get(6)?,
+        amount_refunded: r.get(7)?,
+        currency: currency_col(r, 8)?,
+        status: ChargeStatus::parse(&status).ok_or_else(|| bad_row("charge status"))?,
+        description: r.get(10)?,
+        metadata: metadata_from(r.get(11)?),
+        brand: r.get(12)?,
+        last4: r.get(13)?,
+        created: r.get(14)?,
+        capture_before: r.get(15)?,
+        network_reference: r.get(16)?,
+    })
+}
+
+const REFUND_COLS: &str = "id, charge_id, provider_id, amount, currency, metadata, created";
+fn refund_row(r: &Row<'_>) -> rusqlite::Result<Refund> {
+    Ok(Refund {
+        id: r.get(0)?,
+        charge_id: r.get(1)?,
+        provider_id: r.get(2)?,
+        amount: r.get(3)?,
+        currency: currency_col(r, 4)?,
+        metadata: metadata_from(r.get(5)?),
+        created: r.get(6)?,
+    })
+}
+
+fn not_found(resource: &'static str, id: &str) -> StoreError {
+    StoreError::NotFound {
+        resource,
+        id: id.chars().take(limits::ID_LEN_MAX).collect(),
+    }
+}
+
+// --- pagination ------------------------------------------------------------------
+
+/// One page, newest first. `conditions` are ANDed SQL fragments whose
+/// `?` placeholders take `args` in order; `table` must have `seq` and `id`.
+fn page<T>(
+    conn: &Connection,
+    select: &str,
+    table: &str,
+    mut conditions: Vec<String>,
+    mut args: Vec<rusqlite::types::Value>,
+    page: &PageRequest,
+    resource: &'static str,
+    map: impl Fn(&Row<'_>) -> rusqlite::Result<T>,
+) -> StoreResult<Page<T>> {
+    let alias = table.split_whitespace().nth(1).unwrap_or(table);
+    if let Some(cursor) = &page.starting_after {
+        let mut where_all = conditions.clone();
+        where_all.push(format!("{alias}.id = ?"));
+        let mut cursor_args = args.clone();
+        cursor_args.push(cursor.clone().into());
+        let sql = format!(
+            "SELECT {alias}.seq FROM {table} WHERE {}",
+            where_all.join(" AND ")
+        );
+        let seq: Option<i64> = conn
+            .prepare_cached(&sql)?
+            .query_row(rusqlite::params_from_iter(cursor_args), |r| r.get(0))
+            .optional()?;
+        let seq = seq.ok_or_else(|| not_found(resource, cursor))?;
+        conditions.push(format!("{alias}.seq < ?"));
+        args.push(seq.into());
+    }
+    let limit = page.limit.clamp(1, limits::LIST_LIMIT_MAX);
+    args.push(i64::from(limit + 1).into());
+    let where_sql = if conditions.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", conditions.join(" AND "))
+    };
+    let sql = format!("SELECT {select} FROM {table} {where_sql} ORDER BY {alias}.seq DESC LIMIT ?");
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut data = stmt
+        .query_map(rusqlite::params_from_iter(args), map)?
+        .collect::<rusqlite::Result<Vec<T>>>()?;
+    let has_more = data.len() > limit as usize;
+    data.truncate(limit as usize);
+    Ok(Page { data, has_more })
+}
+
+// --- tokens and spend ----------------------------------------------------------------
+
+fn load_token(conn: &Connection, id: &str) -> StoreResult<Option<TokenRow>> {
+    Ok(conn
+        .prepare_cached(&format!("SELECT {TOKEN_COLS} FROM {TOKEN_FROM} WHERE t.id = ?1"))?
+        .query_row([id], token_row)
+        .optional()?)
+}
+
+fn spend_at(conn: &Connection, token_id: &str, period_start: UnixSecs) -> StoreResult<Spend> {
+    Ok(conn
+        .prepare_cached("SELECT captured, pending FROM token_spend WHERE token_id = ?1 AND period_start = ?2")?
+        .query_row(params![token_id, period_start], |r| {
+            Ok(Spend {
+                captured: r.get(0)?,
+                pending: r.get(1)?,
+            })
+        })
+        .optional()?
+        .unwrap_or_default())
+}
+
+fn details(conn: &Connection, row: TokenRow, now: UnixSecs) -> StoreResult<TokenDetails> {
+    let window = row.token.period.window(now, row.token.created);
+    let spend = spend_at(conn, &row.token.id, window.start)?;
+    Ok(TokenDetails {
+        status: token::effective_status(row.standing, row.token.expires_at, now),
+        provider_name: row.provider_name,
+        window,
+        spend,
+        token: row.token,
+    })
+}
+
+/// The token and its ancestors, each with its spend in the window of `now`.
+fn load_chain(conn: &Connection, token_id: &str, now: UnixSecs) -> StoreResult<Vec<Link>> {
+    let mut chain = Vec::new();
+    let mut next = Some(token_id.to_owned());
+    while let Some(id) = next.take() {
+        // Bounded: a chain can never be longer than the tokens there are,
+        // and derivation depth is limited when tokens are derived.
+        if chain.len() > 64 {
+            return Err(StoreError::Database(format!("token {token_id} has a parent cycle")));
+        }
+        let Some(row) = load_token(conn, &id)? else {
+            return Err(not_found("payment_token", &id));
+        };
+        let window = row.token.period.window(now, row.token.created);
+        let spend = spend_at(conn, &row.token.id, window.start)?;
+        next = row.token.parent_id.clone();
+        chain.push(Link {
+            scope: scope_of(&row.token),
+            standing: row.standing,
+            spend,
+        });
+    }
+    Ok(chain)
+}
+
+/// Adds to the spend of a charge's token and every ancestor, each in the
+/// window that contains the charge's authorization time.
+fn adjust_spend(
+    conn: &Connection,
+    token_id: &str,
+    charged_at: UnixSecs,
+    captured_delta: i64,
+    pending_delta: i64,
+) -> StoreResult<()> {
+    let mut next = Some(token_id.to_owned());
+    let mut depth = 0;
+    while let Some(id) = next.take() {
+        depth += 1;
+        if depth > 65 {
+            return Err(StoreError::Database(format!("token {token_id} has a parent cycle")));
+        }
+        let (period, created, parent): (String, i64, Option<String>) = conn
+            .prepare_cached("SELECT cap_period, created, parent_id FROM tokens WHERE id = ?1")?
+            .query_row([&id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        let period: Period = period
+            .parse()
+            .map_err(|_| StoreError::Database("bad cap_period".into()))?;
+        let start = period.window(charged_at, created).start;
+        conn.prepare_cached(
+            "INSERT INTO token_spend (token_id, period_start, captured, pending) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (token_id, period_start) DO UPDATE SET
+               captured = captured + excluded.captured, pending = pending + excluded.pending",
+        )?
+        .execute(params![id, start, captured_delta, pending_delta])?;
+        // Spend can never go below zero: that would be a broken invariant.
+        let (captured, pending): (i64, i64) = conn
+            .prepare_cached("SELECT captured, pending FROM token_spend WHERE token_id = ?1 AND period_start = ?2")?
+            .query_row(params![id, start], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        if captured < 0 || pending < 0 {
+            return Err(StoreError::Database(format!(
+                "spend of token {id} would go negative; refusing the write"
+            )));
+        }
+        next = parent;
+    }
+    Ok(())
+}
+
+fn load_charge(conn: &Connection, id: &str, provider_id: Option<&str>) -> StoreResult<Charge> {
+    let charge = conn
+        .prepare_cached(&format!("SELECT {CHARGE_COLS} FROM charges WHERE id = ?1"))?
+        .query_row([id], charge_row)
+        .optional()?;
+    match charge {
+        Some(c) if provider_id.is_none_or(|p| p == c.provider_id) => Ok(c),
+        _ => Err(not_found("charge", id)),
+    }
+}
+
+/// Releases an uncaptured hold: the charge becomes `canceled` and its
+/// amount leaves `pending` in every link's window.
+fn release_hold(conn: &Connection, charge: &mut Charge) -> StoreResult<()> {
+    conn.prepare_cached(
+        "UPDATE charges SET status = 'canceled', capture_before = NULL WHERE id = ?1 AND status = 'requires_capture'",
+    )?
+    .execute([&charge.id])?;
+    adjust_spend(conn, &charge.token_id, charge.created, 0, -charge.amount)?;
+    charge.status = ChargeStatus::Canceled;
+    charge.capture_before = None;
+    Ok(())
+}
+
+fn release_expired_holds_of(conn: &Connection, token_id: &str, now: UnixSecs) -> StoreResult<()> {
+    let expired = conn
+        .prepare_cached(&format!(
+            "SELECT {CHARGE_COLS} FROM charges WHERE token_id = ?1 AND status = 'requires_capture' AND capture_before <= ?2"
+        ))?
+        .query_map(params![token_id, now], charge_row)?
+        .collect::<rusqlite::Result<Vec<Charge>>>()?;
+    for mut charge in expired {
+        release_hold(conn, &mut charge)?;
+    }
+    Ok(())
+}
+
+fn revoke_with_descendants(conn: &Connection, token_id: &str, now: UnixSecs) -> StoreResult<()> {
+    conn.prepare_cached(
+        "WITH RECURSIVE family(id) AS (
+             SELECT ?1 UNION SELECT t.id FROM tokens t JOIN family f ON t.parent_id = f.id)
+         UPDATE tokens SET status = 'revoked', status_changed = ?2
+         WHERE id IN (SELECT id FROM family) AND status != 'revoked'",
+    )?
+    .execute(params![token_id, now])?;
+    Ok(())
+}
+
+fn set_meta(conn: &Connection, key: &str, value: &[u8]) -> StoreResult<()> {
+    conn.prepare_cached(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )?
+    .execute(params![key, value])?;
+    Ok(())
+}
+
+fn get_meta(conn: &Connection, key: &str) -> StoreResult<Option<Vec<u8>>> {
+    Ok(conn
+        .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+        .query_row([key], |r| r.get(0))
+        .optional()?)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn health(&self) -> StoreResult<()> {
+        self.read(|conn| {
+            conn.query_row("SELECT 1", [], |_| Ok(()))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn data_keys(&self) -> StoreResult<Vec<WrappedKey>> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT id, purpose, master_key_id, wrapped, created FROM data_keys ORDER BY seq",
+            )?;
+            let keys = stmt
+                .query_map([], |r| {
+                    Ok(WrappedKey {
+                        id: r.get(0)?,
+                        purpose: r.get(1)?,
+                        master_key_id: r.get(2)?,
+                        wrapped: r.get(3)?,
+                        created: r.get(4)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(keys)
+        })
+        .await
+    }
+
+    async fn insert_data_keys(&self, keys: Vec<WrappedKey>) -> StoreResult<()> {
+        self.write(
+            move |conn| {
+                for k in &keys {
+                    conn.execute(
+                        "INSERT INTO data_keys (id, purpose, master_key_id, wrapped, created) VALUES (?1, ?2, ?3, ?4, ?5)",
+                        params![k.id, k.purpose, k.master_key_id, k.wrapped, k.created],
+                    )?;
+                }
+                Ok(())
+            },
+            None,
+        )
+        .await
+    }
+
+    async fn admin_key_hash(&self) -> StoreResult<Option<SecretHash>> {
+        self.read(|conn| {
+            Ok(get_meta(conn, "admin_key_hash")?
+                .and_then(|v| <[u8; 32]>::try_from(v.as_slice()).ok())
+                .map(SecretHash))
+        })
+        .await
+    }
+
+    async fn set_admin_key_hash(&self, hash: SecretHash) -> StoreResult<()> {
+        self.write(move |conn| set_meta(conn, "admin_key_hash", &hash.0), None)
+            .await
+    }
+
+    async fn clock_offset(&self) -> StoreResult<i64> {
+        self.read(|conn| {
+            Ok(get_meta(conn, "clock_offset_secs")?
+                .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+                .map(i64::from_be_bytes)
+                .unwrap_or(0))
+        })
+        .await
+    }
+
+    async fn set_clock_offset(&self, offset_secs: i64) -> StoreResult<()> {
+        self.write(
+            move |conn| set_meta(conn, "clock_offset_secs", &offset_secs.to_be_bytes()),
+            None,
+        )
+        .await
+    }
+
+    async fn resolve_secret(&self, hash: SecretHash) -> StoreResult<Option<Principal>> {
+        self.read(move |conn| {
+            let found: Option<(Vec<u8>, String, String)> = conn
+                .prepare_cached("SELECT hash, role, object_id FROM api_secrets WHERE hash = ?1")?
+                .query_row([&hash.0[..]], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()?;
+            let Some((stored, role, object_id)) = found else {
+                return Ok(None);
+            };
+            // The index found it; compare again in constant time so the
+            // decision never depends on a variable-time comparison.
+            let stored = <[u8; 32]>::try_from(stored.as_slice()).map(SecretHash).ok();
+            if !stored.is_some_and(|s| s.ct_eq(&hash)) {
+                return Ok(None);
+            }
+            Ok(match role.as_str() {
+                "orchestrator" => {
+                    let row: Option<(String, bool)> = conn
+                        .prepare_cached("SELECT customer_id, active FROM credentials WHERE id = ?1")?
+                        .query_row([&object_id], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .optional()?;
+                    match row {
+                        Some((customer_id, true)) => Some(Principal::Orchestrator {
+                            credential_id: object_id,
+                            customer_id,
+                        }),
+                        _ => None,
+                    }
+                }
+                "provider" => Some(Principal::Provider { provider_id: object_id }),
+                "token" => Some(Principal::Token { token_id: object_id }),
+                _ => None,
+            })
+        })
+        .await
+    }
+
+    async fn idempotent_response(
+        &self,
+        actor: &str,
+        key: &str,
+        now: UnixSecs,
+    ) -> StoreResult<Option<StoredResponse>> {
+        let (actor, key) = (actor.to_owned(), key.to_owned());
+        self.read(move |conn| {
+            let row = conn
+                .prepare_cached(
+                    "SELECT request_hash, status, key_id, nonce, body, created FROM idempotency
+                     WHERE actor = ?1 AND key = ?2 AND created > ?3",
+                )?
+                .query_row(
+                    params![actor, key, now - limits::IDEMPOTENCY_TTL_SECS],
+                    |r| {
+                        let hash: Vec<u8> = r.get(0)?;
+                        Ok(StoredResponse {
+                            request_hash: <[u8; 32]>::try_from(hash.as_slice())
+                                .map_err(|_| bad_row("request_hash"))?,
+                            status: r.get(1)?,
+                            sealed_body: Sealed {
+                                key_id: r.get(2)?,
+                                nonce: r.get(3)?,
+                                ciphertext: r.get(4)?,
+                            },
+                            created: r.get(5)?,
+                        })
+                    },
+                )
+                .optional()?;
+            Ok(row)
+        })
+        .await
+    }
+
+    async fn purge_idempotency(&self, before: UnixSecs) -> StoreResult<usize> {
+        self.write(
+            move |conn| {
+                Ok(conn
+                    .prepare_cached(
+                        "DELETE FROM idempotency WHERE rowid IN (SELECT rowid FROM idempotency WHERE created <= ?1 LIMIT 10000)",
+                    )
+                    .or_else(|_| conn.prepare_cached("DELETE FROM idempotency WHERE created <= ?1"))?
+                    .execute([before])?)
+            },
+            None,
+        )
+        .await
+    }
+
+    async fn create_customer(
+        &self,
+        customer: Customer,
+        idem: Option<IdemWrite<Customer>>,
+    ) -> StoreResult<Customer> {
+        self.write(
+            move |conn| {
+                conn.prepare_cached(
+                    "INSERT INTO customers (id, email, name, metadata, created) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?
+                .execute(params![
+                    customer.id,
+                    customer.email,
+                    customer.name,
+                    metadata_to(&customer.metadata),
+                    customer.created
+                ])?;
+                Ok(customer)
+            },
+            idem,
+        )
+        .await
+    }
+
+    async fn customer(&self, id: &str) -> StoreResult<Customer> {
+        let id = id.to_owned();
+        self.read(move |conn| {
+            conn.prepare_cached(&format!("SELECT {CUSTOMER_COLS} FROM customers WHERE id = ?1"))?
+                .query_row([&id], customer_row)
+                .optional()?
+                .ok_or_else(|| not_found("customer", &id))
+        })
+        .await
+    }
+
+    async fn customers(&self, req: PageRequest) -> StoreResult<Page<Customer>> {
+        self.read(move |conn| {
+            page(conn, CUSTOMER_COLS, "customers c", vec![], vec![], &req, "customer", customer_row)
+        })
+        .await
+    }
+
+    async fn create_credential(
+        &self,
+        credential: Credential,
+        secret: SecretHash,
+        idem: Option<IdemWrite<Credential>>,
+    ) -> StoreResult<Credential> {
+        self.write(
+            move |conn| {
+                let exists: Option<i64> = conn
+                    .prepare_cached("SELECT 1 FROM customers WHERE id = ?1")?
+                    .query_row([&credential.customer_id], |r| r.get(0))
+                    .optional()?;
+                if exists.is_none() {
+                    return Err(not_found("customer", &credential.customer_id));
+                }
+                conn.prepare_cached(
+                    "INSERT INTO credentials (id, customer_id, name, active, created) VALUES (?1, ?2, ?3, 1, ?4)",
+                )?
+                .execute(params![
+                    credential.id,
+                    credential.customer_id,
+                    credential.name,
+                    credential.created
+                ])?;
+                conn.prepare_cached("INSERT INTO api_secrets (hash, role, object_id) VALUES (?1, 'orchestrator', ?2)")?
+                    .execute(params![&secret.0[..], credential.id])?;
+                Ok(credential)
+            },
+            idem,
+        )
+        .await
+    }
+
+    async fn credential(&self, id: &str) -> StoreResult<Credential> {
+        let id = id.to_owned();
+        self.read(move |conn| {
+            conn.prepare_cached(&format!("SELECT {CREDENTIAL_COLS} FROM credentials WHERE id = ?1"))?
+                .query_row([&id], credential_row)
+                .optional()?
+                .ok_or_else(|| not_found("credential", &id))
+        })
+        .await
+    }
+
+    async fn credentials(&self, customer_id: &str, req: PageRequest) -> StoreResult<Page<Credential>> {
+        let customer_id = customer_id.to_owned();
+        self.read(move |conn| {
+            page(
+                conn,
+                CREDENTIAL_COLS,
+                "credentials c",
+                vec!["c.customer_id = ?".into()],
+                vec![customer_id.into()],
+                &req,
+                "credential",
+                credential_row,
+            )
+        })
+        .await
+    }
+
+    async fn revoke_credential(
+        &self,
+        id: &str,
+        now: UnixSecs,
+        idem: Option<IdemWrite<Credential>>,
+    ) -> StoreResult<Credential> {
+        let id = id.to_owned();
+        self.write(
+            move |conn| {
+                // One row, whatever number of tokens hang under it: every
+                // token's standing reads its credential's `active`.
+                conn.prepare_cached(
+                    "UPDATE credentials SET active = 0, revoked_at = ?2 WHERE id = ?1 AND active = 1",
+                )?
+                .execute(params![id, now])?;
+                conn.prepare_cached("DELETE FROM api_secrets WHERE object_id = ?1 AND role = 'orchestrator'")?
+                    .execute([&id])?;
+                conn.prepare_cached(&format!("SELECT {CREDENTIAL_COLS} FROM credentials WHERE id = ?1"))?
+                    .query_row([&id], credential_row)
+                    .optional()?
+                    .ok_or_else(|| not_found("credential", &id))
+            },
+            idem,
+        )
+        .await
+    }
+
+    async fn create_provider(
+        &self,
+        provider: Provider,
+        secret: SecretHash,
+        idem: Option<IdemWrite<Provider>>,
+    ) -> StoreResult<Provider> {
+        self.write(
+            move |conn| {
+                conn.prepare_cached(
+                    "INSERT INTO providers (id, name, metadata, created) VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(params![
+                    provider.id,
+                    provider.name,
+                    metadata_to(&provider.metadata),
+                    provider.created
+                ])?;
+                conn.prepare_cached("INSERT INTO api_secrets (hash, role, object_id) VALUES (?1, 'provider', ?2)")?
+                    .execute(params![&secret.0[..], provider.id])?;
+                Ok(provider)
+            },
+            idem,
+        )
+        .await
+    }
+
+    async fn provider(&self, id: &str) -> StoreResult<Provider> {
+        let id = id.to_owned();
+        self.read(move |conn| {
+            conn.prepare_cached(&format!("SELECT {PROVIDER_COLS} FROM providers WHERE id = ?1"))?
+                .query_row([&id], provider_row)
+                .optional()?
+                .ok_or_else(|| not_found("provider", &id))
+        })
+        .await
+    }
+
+    async fn providers(&self, req: PageRequest) -> StoreResult<Page<Provider>> {
+        self.read(move |conn| {
+            page(conn, PROVIDER_COLS, "providers p", vec![], vec![], &req, "provider", provider_row)
+        })
+        .await
+    }
+
+    async fn roll_provider_secret(
+        &self,
+        id: &str,
+        secret: SecretHash,
+        idem: Option<IdemWrite<Provider>>,
+    ) -> StoreResult<Provider> {
+        let id = id.to_owned();
+        self.write(
+            move |conn| {
+                let provider = conn
+                    .prepare_cached(&format!("SELECT {PROVIDER_COLS} FROM providers WHERE id = ?1"))?
+                    .query_row([&id], provider_row)
+                    .optional()?
+                    .ok_or_else(|| not_found("provider", &id))?;
+                conn.prepare_cached("DELETE FROM api_secrets WHERE object_id = ?1 AND role = 'provider'")?
+                    .execute([&id])?;
+                conn.prepare_cached("INSERT INTO api_secrets (hash, role, object_id) VALUES (?1, 'provider', ?2)")?
+                    .execute(params![&secret.0[..], id])?;
+                Ok(provider)
+            },
+            idem,
+        )
+        .await
+    }
+
+    async fn create_payment_method(
+        &self,
+        new: NewPaymentMethod,
+        idem: Option<IdemWrite<PaymentMethod>>,
+    ) -> StoreResult<PaymentMethod> {
+        self.write(
+            move |conn| {
+                let m = &new.method;
+                let exists: Option<i64> = conn
+                    .prepare_cached("SELECT 1 FROM customers WHERE id = ?1")?
+                    .query_row([&m.customer_id], |r| r.get(0))
+                    .optional()?;
+                if exists.is_none() {
+                    return Err(not_found("customer", &m.customer_id));
+                }
+                conn.prepare_cached(
+                    "INSERT INTO payment_methods (id, customer_id, active, brand, last4, exp_month, exp_year,
+                       fingerprint, key_id, nonce, ciphertext, created)
+                     VALUES (?1, ?2, 1, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                )?
+                .execute(params![
+                    m.id,
+                    m.customer_id,
+                    m.brand,
+                    m.last4,
+                    m.exp_month,
+                    m.exp_year,
+                    m.fingerprint,
+                    new.sealed_number.key_id,
+                    new.sealed_number.nonce,
+                    new.sealed_number.ciphertext,
+                    m.created
+                ])?;
+                Ok(new.method.clone())
+            },
+            idem,
+        )
+        .await
+    }
+
+    async fn payment_method(&self, id: &str, customer_id: Option<&str>) -> StoreResult<PaymentMethod> {
+        let id = id.to_owned();
+        let customer_id = customer_id.map(str::to_owned);
+        self.read(move |conn| {
+            let pm = conn
+                .prepare_cached(&format!("SELECT {PM_COLS} FROM payment_methods WHERE id = ?1"))?
+                .query_row([&id], pm_row)
+                .optional()?;
+            match pm {
+                Some(pm) if customer_id.as_ref().is_none_or(|c| *c == pm.customer_id) => Ok(pm),
+                _ => Err(not_found("payment_method", &id)),
+            }
+        })
+        .await
+    }
+
+    async fn payment_methods(
+        &self,
+        customer_id: Option<&str>,
+        req: PageRequest,
+    ) -> StoreResult<Page<PaymentMethod>> {
+        let customer_id = customer_id.map(str::to_owned);
+        self.read(move |conn| {
+            let (conditions, args) = match customer_id {
+                Some(c) => (vec!["pm.customer_id = ?".to_owned()], vec![c.into()]),
+                None => (vec![], vec![]),
+            };
+            page(
+                conn,
+                PM_COLS,
+                "payment_methods pm",
+                conditions,
+                args,
+                &req,
+                "payment_method",
+                pm_row,
+            )
+        })
+        .await
+    }
+
+    async fn detach_payment_method(
+        &self,
+        id: &str,
+        customer_id: Option<&str>,
+        now: UnixSecs,
+        idem: Option<IdemWrite<PaymentMethod>>,
+    ) -> StoreResult<PaymentMethod> {
+        let id = id.to_owned();
+        let customer_id = customer_id.map(str::to_owned);
+        self.write(
+            move |conn| {
+                let pm = conn
+                    .prepare_cached(&format!("SELECT {PM_COLS} FROM payment_methods WHERE id = ?1"))?
+                    .query_row([&id], pm_row)
+                    .optional()?;
+                let mut pm = match pm {
+                    Some(pm) if customer_id.as_ref().is_none_or(|c| *c == pm.customer_id) => pm,
+                    _ => return Err(not_found("payment_method", &id)),
+                };
+                // One row: every token on this method reads its `active`.
+                conn.prepare_cached(
+                    "UPDATE payment_methods SET active = 0, detached_at = ?2 WHERE id = ?1 AND active = 1",
+                )?
+                .execute(params![id, now])?;
+                pm.active = false;
+                Ok(pm)
+            },
+            idem,
+        )
+        .await
+    }
+
+    async fn create_token(
+        &self,
+        new: NewToken,
+        now: UnixSecs,
+        idem: Option<IdemWrite<TokenDetails>>,
+    ) -> StoreResult<TokenDetails> {
+        self.write(
+            move |conn| {
+                let t = &new.token;
+                let pm: Option<(String, bool)> = conn
+                    .prepare_cached("SELECT customer_id, active FROM payment_methods WHERE id = ?1")?
+                    .query_row([&t.payment_method_id], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()?;
+                match pm {
+                    Some((customer, _)) if customer != t.customer_id => {
+                        return Err(not_found("payment_method", &t.payment_method_id))
+                    }
+                    None => return Err(not_found("payment_method", &t.payment_method_id)),
+                    Some((_, false)) => {
+                        return Err(StoreError::Invalid {
+                            code: "payment_method_unavailable",
+                            param: "payment_method",
+                            message: "This payment method is detached; vault an active card and issue the token against it.".into(),
+                        })
+                    }
+                    Some((_, true)) => {}
+                }
+                let provider: Option<i64> = conn
+                    .prepare_cached("SELECT 1 FROM providers WHERE id = ?1")?
+                    .query_row([&t.provider_id], |r| r.get(0))
+                    .optional()?;
+                if provider.is_none() {
+                    return Err(not_found("provider", &t.provider_id));
+                }
+                conn.prepare_cached(
+                    "INSERT INTO tokens (id, customer_id, credential_id, payment_method_id, provider_id,
+                       currency, cap_amount, cap_period, usage, max_per_charge, expires_at, parent_id,
+                       status, metadata, created)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 'active', ?13, ?14)",
+                )?
+                .execute(params![
+                    t.id,
+                    t.customer_id,
+                    t.credential_id,
+                    t.payment_method_id,
+                    t.provider_id,
+                    t.currency.code(),
+                    t.cap.get(),
+                    t.period.name(),
+                    t.usage.name(),
+                    t.max_per_charge,
+                    t.expires_at,
+                    t.parent_id,
+                    metadata_to(&t.metadata),
+                    t.created
+                ])?;
+                conn.prepare_cached("INSERT INTO api_secrets (hash, role, object_id) VALUES (?1, 'token', ?2)")?
+                    .execute(params![&new.secret_hash.0[..], t.id])?;
+                let row = load_token(conn, &t.id)?.ok_or_else(|| not_found("payment_token", &t.id))?;
+                details(conn, row, now)
+            },
+            idem,
+        )
+        .await
+    }
+
+    async fn token(&self, id: &str, customer_id: Option<&str>, now: UnixSecs) -> StoreResult<TokenDetails> {
+        let id = id.to_owned();
+        let customer_id = customer_id.map(str::to_owned);
+        self.read(move |conn| match load_token(conn, &id)? {
+            Some(row) if customer_id.as_ref().is_none_or(|c| *c == row.token.customer_id) => {
+                details(conn, row, now)
+            }
+            _ => Err(not_found("payment_token", &id)),
+        })
+        .await
+    }
+
+    async fn tokens(
+        &self,
+        filter: TokenFilter,
+        req: PageRequest,
+        now: UnixSecs,
+    ) -> StoreResult<Page<TokenDetails>> {
+        self.read(move |conn| {
+            let mut conditions: Vec<String> = Vec::new();
+            let mut args: Vec<rusqlite::types::Value> = Vec::new();
+            if let Some(c) = filter.customer_id {
+                conditions.push("t.customer_id = ?".into());
+                args.push(c.into());
+            }
+            if let Some(p) = filter.provider_id {
+                conditions.push("t.provider_id = ?".into());
+                args.push(p.into());
+            }
+            if let Some(status) = filter.status {
+                // The same precedence as `token::effective_status`.
+                let (sql, uses_now) = match status {
+                    Status::Revoked => ("(t.status = 'revoked' OR c.active = 0)", false),
+                    Status::Exhausted => ("(t.status = 'exhausted' AND c.active = 1)", false),
+                    Status::Suspended => ("(t.status = 'suspended' AND c.active = 1)", false),
+                    Status::Expired => ("(t.status = 'active' AND c.active = 1 AND t.expires_at <= ?)", true),
+                    Status::Active => ("(t.status = 'active' AND c.active = 1 AND t.expires_at > ?)", true),
+                };
+                conditions.push(sql.into());
+                if uses_now {
+                    args.push(now.into());
+                }
+            }
+            let rows = page(conn, TOKEN_COLS, TOKEN_FROM, conditions, args, &req, "payment_token", token_row)?;
+            let data = rows
+                .data
+                .into_iter()
+                .map(|row| details(conn, row, now))
+                .collect::<StoreResult<Vec<_>>>()?;
+            Ok(Page {
+                data,
+                has_more: rows.has_more,
+            })
+        })
+        .await
+    }
+
+    async fn change_token(
+        &self,
+        id: &str,
+        customer_id: Option<&str>,
+        change: TokenChange,
+        now: UnixSecs,
+        idem: Option<IdemWrite<TokenDetails>>,
+    ) -> StoreResult<TokenDetails> {
+        let id = id.to_owned();
+        let customer_id = customer_id.map(str::to_owned);
+        self.write(
+            move |conn| {
+                let row = match load_token(conn, &id)? {
+                    Some(row) if customer_id.as_ref().is_none_or(|c| *c == row.token.customer_id) => row,
+                    _ => return Err(not_found("payment_token", &id)),
+                };
+                let current = token::effective_status(row.standing, row.token.expires_at, now);
+                match change {
+                    TokenChange::Revoke => revoke_with_descendants(conn, &id, now)?,
+                    TokenChange::Suspend => {
+                        if current != Status::Active {
+                            return Err(StoreError::Conflict {
+                                code: "token_not_active",
+                                message: format!("Only an active token can be suspended; this one is {current}."),
+                            });
+                        }
+                        conn.prepare_cached("UPDATE tokens SET status = 'suspended', status_changed = ?2 WHERE id = ?1")?
+                            .execute(params![id, now])?;
+                    }
+                    TokenChange::Resume => {
+                        if current != Status::Suspended {
+                            return Err(StoreError::Conflict {
+                                code: "token_not_suspended",
+                                message: format!("Only a suspended token can be resumed; this one is {current}."),
+                            });
+                        }
+                        conn.prepare_cached("UPDATE tokens SET status = 'active', status_changed = ?2 WHERE id = ?1")?
+                            .execute(params![id, now])?;
+                    }
+                }
+                let row = load_token(conn, &id)?.ok_or_else(|| not_found("payment_token", &id))?;
+                details(conn, row, now)
+            },
+            idem,
+        )
+        .await
+    }
+
+    async fn charge_context(&self, token: SecretHash, now: UnixSecs) -> StoreResult<Option<ChargeContext>> {
+        self.read(move |conn| {
+            let token_id: Option<String> = conn
+                .prepare_cached("SELECT object_id FROM api_secrets WHERE hash = ?1 AND role = 'token'")?
+                .query_row([&token.0[..]], |r| r.get(0))
+                .optional()?;
+            let Some(token_id) = token_id else {
+                return Ok(None);
+            };
+            let chain = load_chain(conn, &token_id, now)?;
+            let (payment_method_id, key_id, nonce, ciphertext): (String, String, Vec<u8>, Vec<u8>) = conn
+                .prepare_cached(
+                    "SELECT pm.id, pm.key_id, pm.nonce, pm.ciphertext FROM tokens t
+                     JOIN payment_methods pm ON pm.id = t.payment_method_id WHERE t.id = ?1",
+                )?
+                .query_row([&token_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+            Ok(Some(ChargeContext {
+                token_id,
+                payment_method_id,
+                sealed_number: Sealed {
+                    key_id,
+                    nonce,
+                    ciphertext,
+                },
+                chain,
+            }))
+        })
+        .await
+    }
+
+    async fn revoke_token_for_misuse(&self, token_id: &str, now: UnixSecs) -> StoreResult<()> {
+        let token_id = token_id.to_owned();
+        self.write(move |conn| revoke_with_descendants(conn, &token_id, now), None)
+            .await
+    }
+
+    async fn create_charge(
+        &self,
+        new: NewCharge,
+        now: UnixSecs,
+        idem: Option<IdemWrite<Charge>>,
+    ) -> StoreResult<Charge> {
+        self.write(
+            move |conn| {
+                release_expired_holds_of(conn, &new.token_id, now)?;
+                let chain = load_chain(conn, &new.token_id, now)?;
+                token::authorize(
+                    &chain,
+                    &ChargeRequest {
+                        caller_provider_id: &new.provider_id,
+                        currency: new.currency,
+                        amount: new.amount,
+                    },
+                    now,
+                )
+                .map_err(StoreError::Refused)?;
+                let (customer_id, payment_method_id, brand, last4): (String, String, String, String) = conn
+                    .prepare_cached(
+                        "SELECT t.customer_id, pm.id, pm.brand, pm.last4 FROM tokens t
+                         JOIN payment_methods pm ON pm.id = t.payment_method_id WHERE t.id = ?1",
+                    )?
+                    .query_row([&new.token_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+                let amount = new.amount.get();
+                let charge = Charge {
+                    id: new.id,
+                    token_id: new.token_id,
+                    provider_id: new.provider_id,
+                    customer_id,
+                    payment_method_id,
+                    amount,
+                    amount_captured: if new.capture { amount } else { 0 },
+                    amount_refunded: 0,
+                    currency: new.currency,
+                    status: if new.capture {
+                        ChargeStatus::Succeeded
+                    } else {
+                        ChargeStatus::RequiresCapture
+                    },
+                    description: new.description,
+                    metadata: new.metadata,
+                    brand,
+                    last4,
+                    created: now,
+                    capture_before: (!new.capture).then_some(now + limits::HOLD_TTL_SECS),
+                    network_reference: new.network_reference,
+                };
+                conn.prepare_cached(
+                    "INSERT INTO charges (id, token_id, provider_id, customer_id, payment_method_id, amount,
+                       amount_captured, amount_refunded, currency, status, description, metadata, brand, last4,
+                       created, capture_before, network_reference)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                )?
+                .execute(params![
+                    charge.id,
+                    charge.token_id,
+                    charge.provider_id,
+                    charge.customer_id,
+                    charge.payment_method_id,
+                    charge.amount,
+                    charge.amount_captured,
+                    charge.currency.code(),
+                    charge.status.name(),
+                    charge.description,
+                    metadata_to(&charge.metadata),
+                    charge.brand,
+                    charge.last4,
+                    charge.created,
+                    charge.capture_before,
+                    charge.network_reference
+                ])?;
+                if new.capture {
+                    adjust_spend(conn, &charge.token_id, now, amount, 0)?;
+                } else {
+                    adjust_spend(conn, &charge.token_id, now, 0, amount)?;
+                }
+                if chain.first().is_some_and(|l| l.scope.usage == Usage::SingleUse) {
+                    conn.prepare_cached(
+                        "UPDATE tokens SET status = 'exhausted', status_changed = ?2 WHERE id = ?1 AND status = 'active'",
+                    )?
+                    .execute(params![charge.token_id, now])?;
+                }
+                Ok(charge)
+            },
+            idem,
+        )
+        .await
+    }
+
+    async fn charge(&self, id: &str, provider_id: Option<&str>) -> StoreResult<Charge> {
+        let id = id.to_owned();
+        let provider_id = provider_id.map(str::to_owned);
+        self.read(move |conn| load_charge(conn, &id, provider_id.as_deref()))
+            .await
+    }
+
+    async fn charges(&self, filter: ChargeFilter, req: PageRequest) -> StoreResult<Page<Charge>> {
+        self.read(move |conn| {
+            let mut conditions: Vec<String> = Vec::new();
+            let mut args: Vec<rusqlite::types::Value> = Vec::new();
+            for (column, value) in [
+                ("ch.provider_id", filter.provider_id),
+                ("ch.customer_id", filter.customer_id),
+                ("ch.token_id", filter.token_id),
+            ] {
+                if let Some(v) = value {
+                    conditions.push(format!("{column} = ?"));
+                    args.push(v.into());
+                }
+            }
+            page(conn, CHARGE_COLS, "charges ch", conditions, args, &req, "charge", charge_row)
+        })
+        .await
+    }
+
+    async fn capture_charge(
+        &self,
+        id: &str,
+        provider_id: Option<&str>,
+        amount: Option<i64>,
+        now: UnixSecs,
+        idem: Option<IdemWrite<Charge>>,
+    ) -> StoreResult<Charge> {
+        let id = id.to_owned();
+        let provider_id = provider_id.map(str::to_owned);
+        self.write(
+            move |conn| {
+                let mut charge = load_charge(conn, &id, provider_id.as_deref())?;
+                match charge.status {
+                    ChargeStatus::Succeeded => {
+                        return Err(StoreError::Conflict {
+                            code: "charge_already_captured",
+                            message: "This charge has already been captured.".into(),
+                        })
+                    }
+                    ChargeStatus::Canceled => {
+                        return Err(StoreError::Conflict {
+                            code: "charge_not_capturable",
+                            message: "This charge was canceled or its hold expired; it can no longer be captured.".into(),
+                        })
+                    }
+                    ChargeStatus::RequiresCapture => {}
+                }
+                if charge.capture_before.is_some_and(|deadline| deadline <= now) {
+                    return Err(StoreError::Conflict {
+                        code: "charge_not_capturable",
+                        message: "This authorization expired 7 days after it was made and its hold was released.".into(),
+                    });
+                }
+                let capture = amount.unwrap_or(charge.amount);
+                if !(1..=charge.amount).contains(&capture) {
+                    return Err(StoreError::Invalid {
+                        code: "amount_invalid",
+                        param: "amount",
+                        message: format!(
+                            "The capture amount must be between 1 and the authorized amount, {}.",
+                            charge.amount
+                        ),
+                    });
+                }
+                conn.prepare_cached(
+                    "UPDATE charges SET status = 'succeeded', amount_captured = ?2, capture_before = NULL WHERE id = ?1",
+                )?
+                .execute(params![charge.id, capture])?;
+                // The whole hold leaves `pending`; what was captured enters
+                // `captured`; the rest is released to the cap.
+                adjust_spend(conn, &charge.token_id, charge.created, capture, -charge.amount)?;
+                charge.status = ChargeStatus::Succeeded;
+                charge.amount_captured = capture;
+                charge.capture_before = None;
+                Ok(charge)
+            },
+            idem,
+        )
+        .await
+    }
+
+    async fn cancel_charge(
+        &self,
+        id: &str,
+        provider_id: Option<&str>,
+        _now: UnixSecs,
+        idem: Option<IdemWrite<Charge>>,
+    ) -> StoreResult<Charge> {
+        let id = id.to_owned();
+        let provider_id = provider_id.map(str::to_owned);
+        self.write(
+            move |conn| {
+                let mut charge = load_charge(conn, &id, provider_id.as_deref())?;
+                match charge.status {
+                    ChargeStatus::Succeeded => Err(StoreError::Conflict {
+                        code: "charge_already_captured",
+                        message: "This charge has been captured; refund it instead of canceling.".into(),
+                    }),
+                    ChargeStatus::Canceled => Err(StoreError::Conflict {
+                        code: "charge_not_capturable",
+                        message: "This charge is already canceled.".into(),
+                    }),
+                    ChargeStatus::RequiresCapture => {
+                        release_hold(conn, &mut charge)?;
+                        Ok(charge)
+                    }
+                }
+            },
+            idem,
+        )
+        .await
+    }
+
+    async fn create_refund(
+        &self,
+        refund_id: &str,
+        charge_id: &str,
+        provider_id: Option<&str>,
+        amount: Option<i64>,
+        metadata: Metadata,
+        now: UnixSecs,
+        idem: Option<IdemWrite<Refund>>,
+    ) -> StoreResult<Refund> {
+        let refund_id = refund_id.to_owned();
+        let charge_id = charge_id.to_owned();
+        let provider_id = provider_id.map(str::to_owned);
+        self.write(
+            move |conn| {
+                let charge = load_charge(conn, &charge_id, provider_id.as_deref())?;
+                if charge.status != ChargeStatus::Succeeded {
+                    return Err(StoreError::Conflict {
+                        code: "charge_not_captured",
+                        message: "Only a captured charge can be refunded; cancel an uncaptured one instead.".into(),
+                    });
+                }
+                let refundable = charge.amount_captured - charge.amount_refunded;
+                if refundable <= 0 {
+                    return Err(StoreError::Conflict {
+                        code: "charge_already_refunded",
+                        message: "This charge has already been refunded in full.".into(),
+                    });
+                }
+                let amount = amount.unwrap_or(refundable);
+                if amount > refundable {
+                    return Err(StoreError::Conflict {
+                        code: "charge_already_refunded",
+                        message: format!(
+                            "The refund of {} exceeds what remains refundable on this charge, {}.",
+                            charge.currency.display(amount),
+                            charge.currency.display(refundable)
+                        ),
+                    });
+                }
+                conn.prepare_cached("UPDATE charges SET amount_refunded = amount_refunded + ?2 WHERE id = ?1")?
+                    .execute(params![charge.id, amount])?;
+                // Headroom returns to the window the charge was made in: a
+                // refund of last month's charge does not raise this month's cap.
+                adjust_spend(conn, &charge.token_id, charge.created, -amount, 0)?;
+                let refund = Refund {
+                    id: refund_id,
+                    charge_id: charge.id,
+                    provider_id: charge.provider_id,
+                    amount,
+                    currency: charge.currency,
+                    metadata,
+                    created: now,
+                };
+                conn.prepare_cached(
+                    "INSERT INTO refunds (id, charge_id, provider_id, amount, currency, metadata, created)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )?
+                .execute(params![
+                    refund.id,
+                    refund.charge_id,
+                    refund.provider_id,
+                    refund.amount,
+                    refund.currency.code(),
+                    metadata_to(&refund.metadata),
+                    refund.created
+                ])?;
+                Ok(refund)
+            },
+            idem,
+        )
+        .await
+    }
+
+    async fn refund(&self, id: &str, provider_id: Option<&str>) -> StoreResult<Refund> {
+        let id = id.to_owned();
+        let provider_id = provider_id.map(str::to_owned);
+        self.read(move |conn| {
+            let refund = conn
+                .prepare_cached(&format!("SELECT {REFUND_COLS} FROM refunds WHERE id = ?1"))?
+                .query_row([&id], refund_row)
+                .optional()?;
+            match refund {
+                Some(r) if provider_id.as_ref().is_none_or(|p| *p == r.provider_id) => Ok(r),
+                _ => Err(not_found("refund", &id)),
+            }
+        })
+        .await
+    }
+
+    async fn refunds(
+        &self,
+        provider_id: Option<&str>,
+        charge_id: Option<&str>,
+        req: PageRequest,
+    ) -> StoreResult<Page<Refund>> {
+        let provider_id = provider_id.map(str::to_owned);
+        let charge_id = charge_id.map(str::to_owned);
+        self.read(move |conn| {
+            let mut conditions: Vec<String> = Vec::new();
+            let mut args: Vec<rusqlite::types::Value> = Vec::new();
+            for (column, value) in [("r.provider_id", provider_id), ("r.charge_id", charge_id)] {
+                if let Some(v) = value {
+                    conditions.push(format!("{column} = ?"));
+                    args.push(v.into());
+                }
+            }
+            page(conn, REFUND_COLS, "refunds r", conditions, args, &req, "refund", refund_row)
+        })
+        .await
+    }
+
+    async fn expire_holds(&self, now: UnixSecs, limit: usize) -> StoreResult<usize> {
+        self.write(
+            move |conn| {
+                let expired = conn
+                    .prepare_cached(&format!(
+                        "SELECT {CHARGE_COLS} FROM charges WHERE status = 'requires_capture' AND capture_before <= ?1 LIMIT ?2"
+                    ))?
+                    .query_map(params![now, i64::try_from(limit).unwrap_or(i64::MAX)], charge_row)?
+                    .collect::<rusqlite::Result<Vec<Charge>>>()?;
+                let count = expired.len();
+                for mut charge in expired {
+                    release_hold(conn, &mut charge)?;
+                }
+                Ok(count)
+            },
+            None,
+        )
+        .await
+    }
+}

@@ -1,0 +1,366 @@
+//! The vault: envelope encryption of card numbers (AES-256-GCM data keys
+//! wrapped by a master key), keyed fingerprints, and sealing of stored
+//! responses that carry a secret.
+//!
+//! Each ciphertext is stored beside the id of the data key that sealed it;
+//! each data key is stored wrapped, beside the id of the master key that
+//! wrapped it, so both layers can rotate.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::RwLock;
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Key, Nonce};
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use rand::rngs::OsRng;
+use rand::RngCore;
+use scrip_core::card::CardNumber;
+use sha2::{Digest, Sha256};
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
+
+const NONCE_BYTES: usize = 12;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    #[error("the master key must be base64 of exactly 32 bytes")]
+    MasterKeyFormat,
+    #[error("data key {0} was wrapped by master key {1}, which is not loaded; start the server with the master key this data directory was created with")]
+    MasterKeyMismatch(String, String),
+    #[error("data key {0} is unknown")]
+    UnknownDataKey(String),
+    #[error("decryption failed: the ciphertext or its key is damaged")]
+    Decrypt,
+    #[error("encryption failed")]
+    Encrypt,
+}
+
+/// The key that wraps every data key. Never stored in the database.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct MasterKey([u8; 32]);
+
+impl MasterKey {
+    pub fn generate() -> MasterKey {
+        let mut k = [0u8; 32];
+        OsRng.fill_bytes(&mut k);
+        MasterKey(k)
+    }
+
+    pub fn from_base64(text: &str) -> Result<MasterKey, VaultError> {
+        let bytes = Zeroizing::new(
+            base64::engine::general_purpose::STANDARD
+                .decode(text.trim())
+                .map_err(|_| VaultError::MasterKeyFormat)?,
+        );
+        let key: [u8; 32] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| VaultError::MasterKeyFormat)?;
+        Ok(MasterKey(key))
+    }
+
+    pub fn to_base64(&self) -> Zeroizing<String> {
+        Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(self.0))
+    }
+
+    /// A public name for this key: the first 8 bytes of a hash of it.
+    pub fn id(&self) -> String {
+        let digest = Sha256::new()
+            .chain_update(b"scrip master key id v1")
+            .chain_update(self.0)
+            .finalize();
+        format!("mk_{}", hex::encode(&digest[..8]))
+    }
+}
+
+impl fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MasterKey({})", self.id())
+    }
+}
+
+/// What a data key is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyPurpose {
+    /// AES-256-GCM sealing of card numbers and stored responses.
+    Seal,
+    /// HMAC-SHA256 card fingerprints.
+    Fingerprint,
+}
+
+impl KeyPurpose {
+    pub fn name(self) -> &'static str {
+        match self {
+            KeyPurpose::Seal => "seal",
+            KeyPurpose::Fingerprint => "fingerprint",
+        }
+    }
+}
+
+/// A data key as stored: wrapped by a master key.
+#[derive(Clone, Debug)]
+pub struct WrappedKey {
+    pub id: String,
+    pub purpose: String,
+    pub master_key_id: String,
+    pub wrapped: Vec<u8>,
+    pub created: i64,
+}
+
+/// A sealed value and the data key that sealed it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sealed {
+    pub key_id: String,
+    pub nonce: Vec<u8>,
+    pub ciphertext: Vec<u8>,
+}
+
+#[derive(Zeroize, ZeroizeOnDrop)]
+struct DataKey([u8; 32]);
+
+pub struct Vault {
+    master: MasterKey,
+    keys: RwLock<HashMap<String, DataKey>>,
+    seal_key_id: String,
+    fingerprint_key_id: String,
+}
+
+impl fmt::Debug for Vault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Vault")
+            .field("master", &self.master)
+            .field("seal_key_id", &self.seal_key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Vault {
+    /// Opens the vault over the stored data keys. Returns the vault and the
+    /// keys it had to create (to be stored before anything is sealed).
+    pub fn open(
+        master: MasterKey,
+        stored: &[WrappedKey],
+        now: i64,
+    ) -> Result<(Vault, Vec<WrappedKey>), VaultError> {
+        let mut keys = HashMap::new();
+        let mut seal_key_id = None;
+        let mut fingerprint_key_id = None;
+        for w in stored {
+            if w.master_key_id != master.id() {
+                return Err(VaultError::MasterKeyMismatch(
+                    w.id.clone(),
+                    w.master_key_id.clone(),
+                ));
+            }
+            let plain = Zeroizing::new(unwrap_key(&master, w)?);
+            let k: [u8; 32] = plain
+                .as_slice()
+                .try_into()
+                .map_err(|_| VaultError::Decrypt)?;
+            keys.insert(w.id.clone(), DataKey(k));
+            // The newest key of each purpose is the active one.
+            if w.purpose == KeyPurpose::Seal.name() {
+                seal_key_id = Some(w.id.clone());
+            } else if w.purpose == KeyPurpose::Fingerprint.name() {
+                fingerprint_key_id = Some(w.id.clone());
+            }
+        }
+        let mut created = Vec::new();
+        let mut ensure = |slot: &mut Option<String>, purpose: KeyPurpose| -> Result<String, VaultError> {
+            if let Some(id) = slot {
+                return Ok(id.clone());
+            }
+            let mut k = [0u8; 32];
+            OsRng.fill_bytes(&mut k);
+            let id = crate::secrets::new_id("dk");
+            let wrapped = wrap_key(&master, &id, &k)?;
+            created.push(WrappedKey {
+                id: id.clone(),
+                purpose: purpose.name().to_owned(),
+                master_key_id: master.id(),
+                wrapped,
+                created: now,
+            });
+            keys.insert(id.clone(), DataKey(k));
+            k.zeroize();
+            Ok(id)
+        };
+        let seal_key_id = ensure(&mut seal_key_id, KeyPurpose::Seal)?;
+        let fingerprint_key_id = ensure(&mut fingerprint_key_id, KeyPurpose::Fingerprint)?;
+        Ok((
+            Vault {
+                master,
+                keys: RwLock::new(keys),
+                seal_key_id,
+                fingerprint_key_id,
+            },
+            created,
+        ))
+    }
+
+    pub fn master_key_id(&self) -> String {
+        self.master.id()
+    }
+
+    /// Seals `plain` under the active data key. `context` is bound as
+    /// associated data: a ciphertext moved to another row will not open.
+    pub fn seal(&self, plain: &[u8], context: &str) -> Result<Sealed, VaultError> {
+        let keys = self.keys.read().map_err(|_| VaultError::Encrypt)?;
+        let key = keys
+            .get(&self.seal_key_id)
+            .ok_or_else(|| VaultError::UnknownDataKey(self.seal_key_id.clone()))?;
+        let mut nonce = [0u8; NONCE_BYTES];
+        OsRng.fill_bytes(&mut nonce);
+        let cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&key.0));
+        let ciphertext = cipher
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: plain,
+                    aad: context.as_bytes(),
+                },
+            )
+            .map_err(|_| VaultError::Encrypt)?;
+        Ok(Sealed {
+            key_id: self.seal_key_id.clone(),
+            nonce: nonce.to_vec(),
+            ciphertext,
+        })
+    }
+
+    pub fn open_sealed(&self, sealed: &Sealed, context: &str) -> Result<Zeroizing<Vec<u8>>, VaultError> {
+        let keys = self.keys.read().map_err(|_| VaultError::Decrypt)?;
+        let key = keys
+            .get(&sealed.key_id)
+            .ok_or_else(|| VaultError::UnknownDataKey(sealed.key_id.clone()))?;
+        if sealed.nonce.len() != NONCE_BYTES {
+            return Err(VaultError::Decrypt);
+        }
+        let cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&key.0));
+        cipher
+            .decrypt(
+                Nonce::from_slice(&sealed.nonce),
+                Payload {
+                    msg: &sealed.ciphertext,
+                    aad: context.as_bytes(),
+                },
+            )
+            .map(Zeroizing::new)
+            .map_err(|_| VaultError::Decrypt)
+    }
+
+    pub fn seal_card(&self, number: &CardNumber, payment_method_id: &str) -> Result<Sealed, VaultError> {
+        self.seal(number.expose_digits().as_bytes(), payment_method_id)
+    }
+
+    pub fn open_card(&self, sealed: &Sealed, payment_method_id: &str) -> Result<CardNumber, VaultError> {
+        let plain = self.open_sealed(sealed, payment_method_id)?;
+        let text = std::str::from_utf8(&plain).map_err(|_| VaultError::Decrypt)?;
+        CardNumber::parse(text).map_err(|_| VaultError::Decrypt)
+    }
+
+    /// The same for the same number everywhere in this deployment, and
+    /// useless to anyone without the fingerprint key.
+    pub fn fingerprint(&self, number: &CardNumber) -> Result<String, VaultError> {
+        let keys = self.keys.read().map_err(|_| VaultError::Encrypt)?;
+        let key = keys
+            .get(&self.fingerprint_key_id)
+            .ok_or_else(|| VaultError::UnknownDataKey(self.fingerprint_key_id.clone()))?;
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&key.0).map_err(|_| VaultError::Encrypt)?;
+        mac.update(number.expose_digits().as_bytes());
+        let tag = mac.finalize().into_bytes();
+        Ok(hex::encode(&tag[..12]))
+    }
+}
+
+fn wrap_key(master: &MasterKey, key_id: &str, key: &[u8; 32]) -> Result<Vec<u8>, VaultError> {
+    let mut nonce = [0u8; NONCE_BYTES];
+    OsRng.fill_bytes(&mut nonce);
+    let cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&master.0));
+    let ct = cipher
+        .encrypt(
+            Nonce::from_slice(&nonce),
+            Payload {
+                msg: key,
+                aad: key_id.as_bytes(),
+            },
+        )
+        .map_err(|_| VaultError::Encrypt)?;
+    let mut out = nonce.to_vec();
+    out.extend_from_slice(&ct);
+    Ok(out)
+}
+
+fn unwrap_key(master: &MasterKey, w: &WrappedKey) -> Result<Vec<u8>, VaultError> {
+    if w.wrapped.len() < NONCE_BYTES {
+        return Err(VaultError::Decrypt);
+    }
+    let (nonce, ct) = w.wrapped.split_at(NONCE_BYTES);
+    let cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&master.0));
+    cipher
+        .decrypt(
+            Nonce::from_slice(nonce),
+            Payload {
+                msg: ct,
+                aad: w.id.as_bytes(),
+            },
+        )
+        .map_err(|_| VaultError::Decrypt)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn card(n: &str) -> CardNumber {
+        match CardNumber::parse(n) {
+            Ok(c) => c,
+            Err(e) => unreachable!("{e}"),
+        }
+    }
+
+    #[test]
+    fn seal_and_open_round_trip_bound_to_context() -> Result<(), VaultError> {
+        let (vault, created) = Vault::open(MasterKey::generate(), &[], 0)?;
+        assert_eq!(created.len(), 2);
+        let n = card("4242424242424242");
+        let sealed = vault.seal_card(&n, "pm_1")?;
+        assert!(!sealed
+            .ciphertext
+            .windows(16)
+            .any(|w| w == b"4242424242424242"));
+        assert_eq!(vault.open_card(&sealed, "pm_1")?.expose_digits(), "4242424242424242");
+        assert!(vault.open_card(&sealed, "pm_2").is_err(), "context is bound");
+        let again = vault.seal_card(&n, "pm_1")?;
+        assert_ne!(again.nonce, sealed.nonce, "fresh nonce per record");
+        Ok(())
+    }
+
+    #[test]
+    fn reopens_with_same_master_and_refuses_another() -> Result<(), VaultError> {
+        let master = MasterKey::generate();
+        let (vault, created) = Vault::open(master.clone(), &[], 0)?;
+        let sealed = vault.seal_card(&card("5555555555554444"), "pm_x")?;
+        let fp = vault.fingerprint(&card("5555555555554444"))?;
+        let (reopened, more) = Vault::open(master, &created, 0)?;
+        assert!(more.is_empty());
+        assert_eq!(reopened.open_card(&sealed, "pm_x")?.last4(), "4444");
+        assert_eq!(reopened.fingerprint(&card("5555555555554444"))?, fp);
+        assert_ne!(reopened.fingerprint(&card("4242424242424242"))?, fp);
+        assert!(matches!(
+            Vault::open(MasterKey::generate(), &created, 0),
+            Err(VaultError::MasterKeyMismatch(..))
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn master_key_base64_is_checked() {
+        assert!(MasterKey::from_base64("not base64!").is_err());
+        assert!(MasterKey::from_base64("AAAA").is_err());
+        let k = MasterKey::generate();
+        let text = k.to_base64();
+        assert_eq!(MasterKey::from_base64(&text).map(|m| m.id()).ok(), Some(k.id()));
+    }
+}
