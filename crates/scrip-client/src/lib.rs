@@ -1,1 +1,427 @@
-//! placeholder
+//! Typed async HTTP client for the Scrip API, shared by the CLI, the demo,
+//! the benchmark and the tests.
+//!
+//! A [`Client`] holds a base URL, a pooled HTTP client and, optionally, the
+//! bearer secret of one role (`sk_admin_…`, `sk_orch_…`, `sk_prov_…` or a
+//! `scrip_pt_…` payment token). [`Client::with_secret`] makes a client for
+//! another role that shares the same connection pool. Every typed helper
+//! turns a non-2xx answer into [`Error::Api`] with the API's error fields.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), scrip_client::Error> {
+//! use scrip_client::{Client, CustomerParams};
+//! let admin = Client::new("http://127.0.0.1:4780").with_secret("sk_admin_…");
+//! let customer = admin
+//!     .create_customer(&CustomerParams { email: "ada@example.com".into(), name: "Ada".into() })
+//!     .await?;
+//! println!("{}", customer.id);
+//! # Ok(()) }
+//! ```
+
+mod error;
+mod params;
+mod types;
+
+use std::fmt;
+use std::sync::Arc;
+
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use reqwest::Method;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+
+pub use error::{ApiError, Error};
+pub use params::{CardParams, ChargeParams, CustomerParams, TokenParams};
+pub use types::{
+    Cap, Card, Charge, ChargeCard, Credential, Customer, List, PaymentMethod, PaymentMethodDetails, PaymentToken,
+    Metadata, Provider, ProviderRef, Refund, Spend, TokenSelf,
+};
+
+/// Re-exported so callers of [`Client::send`] need not depend on reqwest.
+pub use reqwest::Method as HttpMethod;
+
+/// A function that sees the raw bytes of every response body this client
+/// receives (used by the demo to prove what each party saw).
+pub type BodyObserver = Arc<dyn Fn(&[u8]) + Send + Sync>;
+
+/// A raw response: status, headers and the body parsed as JSON
+/// (`Value::Null` when the body is empty or not JSON).
+#[derive(Debug, Clone)]
+pub struct RawResponse {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+impl RawResponse {
+    /// Whether the status is 2xx.
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    /// The API error this response carries, if it is not a success.
+    pub fn api_error(&self) -> Option<ApiError> {
+        (!self.is_success()).then(|| ApiError::from_response(self.status, &self.body))
+    }
+}
+
+/// A client for one Scrip server, optionally acting as one role.
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base_url: String,
+    secret: Option<String>,
+    observer: Option<BodyObserver>,
+}
+
+impl fmt::Debug for Client {
+    /// Shows the base URL and the secret's role prefix only.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("base_url", &self.base_url)
+            .field("secret", &self.secret.as_deref().map(redact_secret))
+            .finish()
+    }
+}
+
+/// `sk_orch_abc…` → `sk_orch_…`: enough to tell the role, nothing more.
+pub(crate) fn redact_secret(secret: &str) -> String {
+    match secret.rfind('_') {
+        Some(i) => format!("{}…", &secret[..=i]),
+        None => "…".to_owned(),
+    }
+}
+
+impl Client {
+    /// A client without a secret (enough for `/healthz`).
+    pub fn new(base_url: impl Into<String>) -> Client {
+        let base_url: String = base_url.into();
+        Client {
+            http: reqwest::Client::new(),
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            secret: None,
+            observer: None,
+        }
+    }
+
+    /// The same server and connection pool, acting with `secret`.
+    pub fn with_secret(&self, secret: impl Into<String>) -> Client {
+        Client {
+            secret: Some(secret.into()),
+            ..self.clone()
+        }
+    }
+
+    /// The same client, calling `observer` with the raw bytes of every
+    /// response body it receives from now on.
+    pub fn with_body_observer(&self, observer: BodyObserver) -> Client {
+        Client {
+            observer: Some(observer),
+            ..self.clone()
+        }
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// Whether this client carries a secret.
+    pub fn has_secret(&self) -> bool {
+        self.secret.is_some()
+    }
+
+    /// Raw request: returns status, headers and JSON body (`Value::Null` if
+    /// empty or not JSON). `Err` only on transport failure.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        idempotency_key: Option<&str>,
+    ) -> Result<RawResponse, Error> {
+        self.send_json(method, path, body, idempotency_key).await
+    }
+
+    async fn send_json<B: Serialize + ?Sized>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+        idempotency_key: Option<&str>,
+    ) -> Result<RawResponse, Error> {
+        let url = format!("{}{}", self.base_url, path);
+        let mut request = self.http.request(method, &url);
+        if let Some(secret) = &self.secret {
+            let mut value = HeaderValue::from_str(&format!("Bearer {secret}"))
+                .map_err(|_| Error::Transport("the secret contains characters a header cannot carry".to_owned()))?;
+            value.set_sensitive(true);
+            request = request.header(AUTHORIZATION, value);
+        }
+        if let Some(key) = idempotency_key {
+            request = request.header("Idempotency-Key", key);
+        }
+        if let Some(body) = body {
+            let bytes = serde_json::to_vec(body).map_err(|e| Error::Decode(format!("cannot encode the request: {e}")))?;
+            request = request
+                .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+                .body(bytes);
+        }
+        let response = request.send().await.map_err(|e| Error::Transport(transport_message(&e)))?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let bytes = response.bytes().await.map_err(|e| Error::Transport(transport_message(&e)))?;
+        if let Some(observer) = &self.observer {
+            observer(&bytes);
+        }
+        let body = if bytes.iter().all(u8::is_ascii_whitespace) {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+        };
+        Ok(RawResponse { status, headers, body })
+    }
+
+    /// Sends a request and decodes a 2xx body as `T`; any other status is
+    /// [`Error::Api`].
+    async fn call<T: DeserializeOwned, B: Serialize + ?Sized>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, Error> {
+        let raw = self.send_json(method, path, body, None).await?;
+        if let Some(e) = raw.api_error() {
+            return Err(Error::Api(e));
+        }
+        serde_json::from_value(raw.body).map_err(|e| Error::Decode(format!("{path}: {e}")))
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, Error> {
+        self.call::<T, Value>(Method::GET, path, None).await
+    }
+
+    async fn post<T: DeserializeOwned, B: Serialize + ?Sized>(&self, path: &str, body: &B) -> Result<T, Error> {
+        self.call(Method::POST, path, Some(body)).await
+    }
+
+    /// `GET /healthz` (no secret needed).
+    pub async fn health(&self) -> Result<Value, Error> {
+        self.get("/healthz").await
+    }
+
+    // --- operator ------------------------------------------------------------
+
+    pub async fn create_customer(&self, params: &CustomerParams) -> Result<Customer, Error> {
+        self.post("/v1/customers", params).await
+    }
+
+    pub async fn get_customer(&self, id: &str) -> Result<Customer, Error> {
+        self.get(&format!("/v1/customers/{}", encode(id))).await
+    }
+
+    pub async fn create_credential(&self, customer_id: &str, name: Option<&str>) -> Result<Credential, Error> {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            #[serde(skip_serializing_if = "Option::is_none")]
+            name: Option<&'a str>,
+        }
+        self.post(&format!("/v1/customers/{}/credentials", encode(customer_id)), &Body { name })
+            .await
+    }
+
+    pub async fn revoke_credential(&self, id: &str) -> Result<Credential, Error> {
+        self.post(&format!("/v1/credentials/{}/revoke", encode(id)), &empty()).await
+    }
+
+    pub async fn create_provider(&self, name: &str) -> Result<Provider, Error> {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            name: &'a str,
+        }
+        self.post("/v1/providers", &Body { name }).await
+    }
+
+    pub async fn roll_provider_secret(&self, id: &str) -> Result<Provider, Error> {
+        self.post(&format!("/v1/providers/{}/roll_secret", encode(id)), &empty()).await
+    }
+
+    /// `POST /v1/test_helpers/advance_clock` (test mode, admin).
+    pub async fn advance_clock(&self, seconds: i64) -> Result<Value, Error> {
+        self.post("/v1/test_helpers/advance_clock", &serde_json::json!({ "seconds": seconds }))
+            .await
+    }
+
+    // --- vault ---------------------------------------------------------------
+
+    pub async fn add_card(&self, params: &CardParams) -> Result<PaymentMethod, Error> {
+        self.post("/v1/payment_methods", &params.body()).await
+    }
+
+    pub async fn list_payment_methods(&self, limit: Option<u32>) -> Result<List<PaymentMethod>, Error> {
+        self.get(&with_query("/v1/payment_methods", &[("limit", limit.map(|l| l.to_string()))]))
+            .await
+    }
+
+    pub async fn get_payment_method(&self, id: &str) -> Result<PaymentMethod, Error> {
+        self.get(&format!("/v1/payment_methods/{}", encode(id))).await
+    }
+
+    pub async fn detach_payment_method(&self, id: &str) -> Result<PaymentMethod, Error> {
+        self.post(&format!("/v1/payment_methods/{}/detach", encode(id)), &empty()).await
+    }
+
+    // --- tokens --------------------------------------------------------------
+
+    pub async fn issue_token(&self, params: &TokenParams) -> Result<PaymentToken, Error> {
+        self.post("/v1/tokens", &params.body()).await
+    }
+
+    pub async fn get_token(&self, id: &str) -> Result<PaymentToken, Error> {
+        self.get(&format!("/v1/tokens/{}", encode(id))).await
+    }
+
+    pub async fn list_tokens(&self, status: Option<&str>, limit: Option<u32>) -> Result<List<PaymentToken>, Error> {
+        let path = with_query(
+            "/v1/tokens",
+            &[
+                ("status", status.map(str::to_owned)),
+                ("limit", limit.map(|l| l.to_string())),
+            ],
+        );
+        self.get(&path).await
+    }
+
+    pub async fn revoke_token(&self, id: &str) -> Result<PaymentToken, Error> {
+        self.post(&format!("/v1/tokens/{}/revoke", encode(id)), &empty()).await
+    }
+
+    /// `GET /v1/tokens/self`: the bearer secret must be the `scrip_pt_…`
+    /// token itself.
+    pub async fn token_self(&self) -> Result<TokenSelf, Error> {
+        self.get("/v1/tokens/self").await
+    }
+
+    // --- charges and refunds (provider) --------------------------------------
+
+    pub async fn create_charge(&self, params: &ChargeParams) -> Result<Charge, Error> {
+        self.post("/v1/charges", params).await
+    }
+
+    pub async fn capture_charge(&self, id: &str, amount: Option<i64>) -> Result<Charge, Error> {
+        self.post(&format!("/v1/charges/{}/capture", encode(id)), &AmountBody { amount })
+            .await
+    }
+
+    pub async fn cancel_charge(&self, id: &str) -> Result<Charge, Error> {
+        self.post(&format!("/v1/charges/{}/cancel", encode(id)), &empty()).await
+    }
+
+    pub async fn get_charge(&self, id: &str) -> Result<Charge, Error> {
+        self.get(&format!("/v1/charges/{}", encode(id))).await
+    }
+
+    pub async fn list_charges(&self, limit: Option<u32>) -> Result<List<Charge>, Error> {
+        self.get(&with_query("/v1/charges", &[("limit", limit.map(|l| l.to_string()))]))
+            .await
+    }
+
+    pub async fn create_refund(&self, charge_id: &str, amount: Option<i64>) -> Result<Refund, Error> {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            charge: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            amount: Option<i64>,
+        }
+        self.post(
+            "/v1/refunds",
+            &Body {
+                charge: charge_id,
+                amount,
+            },
+        )
+        .await
+    }
+}
+
+#[derive(Serialize)]
+struct AmountBody {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    amount: Option<i64>,
+}
+
+fn empty() -> Value {
+    Value::Object(serde_json::Map::new())
+}
+
+/// The message of a transport error with its causes, which reqwest's own
+/// `Display` leaves out.
+fn transport_message(e: &reqwest::Error) -> String {
+    let mut message = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    message
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters, so an id
+/// or filter value can never change the path or query it is put in.
+fn encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// `path?k=v&…` with the pairs that are set.
+fn with_query(path: &str, pairs: &[(&str, Option<String>)]) -> String {
+    let query: Vec<String> = pairs
+        .iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", encode(v))))
+        .collect();
+    if query.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{}", query.join("&"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_path_segments() {
+        assert_eq!(encode("pt_abc123"), "pt_abc123");
+        assert_eq!(encode("../x?y=1"), "..%2Fx%3Fy%3D1");
+    }
+
+    #[test]
+    fn builds_queries_from_set_pairs_only() {
+        assert_eq!(with_query("/v1/tokens", &[("status", None), ("limit", None)]), "/v1/tokens");
+        assert_eq!(
+            with_query("/v1/tokens", &[("status", Some("active".into())), ("limit", Some("5".into()))]),
+            "/v1/tokens?status=active&limit=5"
+        );
+    }
+
+    #[test]
+    fn client_debug_hides_the_secret() {
+        let c = Client::new("http://127.0.0.1:1/").with_secret("sk_orch_supersecretvalue");
+        let shown = format!("{c:?}");
+        assert!(shown.contains("sk_orch_…"));
+        assert!(!shown.contains("supersecretvalue"));
+        assert_eq!(c.base_url(), "http://127.0.0.1:1");
+    }
+}

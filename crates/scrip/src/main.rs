@@ -1,1 +1,114 @@
-fn main() {}
+//! The `scrip` binary: `serve` runs the server, `demo` plays the trust
+//! triangle end to end, and the other subcommands are API clients for each
+//! role (see `cli`).
+
+mod cli;
+mod demo;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use scrip_server::server::{self, Config};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "scrip", version, about = "Scoped payment tokens for AI agents: the card stays in the vault.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the Scrip server.
+    Serve(ServeArgs),
+    /// Play the whole trust triangle against an in-process server.
+    Demo(demo::DemoArgs),
+    #[command(flatten)]
+    Client(cli::ClientCommand),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:4780", env = "SCRIP_LISTEN")]
+    listen: SocketAddr,
+    /// Directory for the database and (in development) the master key file.
+    #[arg(long, default_value = "./scrip-data", env = "SCRIP_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Test mode: a clock the admin can advance (`/v1/test_helpers/advance_clock`).
+    #[arg(long, env = "SCRIP_TEST_CLOCK", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
+    test_clock: bool,
+}
+
+fn init_logging() {
+    let filter = EnvFilter::try_from_env("SCRIP_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    init_logging();
+    let config = Config {
+        listen: args.listen,
+        data_dir: args.data_dir,
+        test_clock: args.test_clock,
+        admin_key: std::env::var("SCRIP_ADMIN_KEY").ok().filter(|k| !k.is_empty()),
+        master_key: std::env::var("SCRIP_MASTER_KEY").ok().filter(|k| !k.is_empty()),
+    };
+    let running = server::start(config).await?;
+    if let Some(key) = &running.generated_admin_key {
+        // Printed once, to stdout, and never again: only its hash is kept.
+        println!("Generated admin secret (shown once; store it now): {}", key.expose());
+    }
+    println!("scrip listening on http://{}", running.addr);
+    shutdown_signal().await;
+    tracing::info!("shutting down: draining in-flight requests");
+    running.shutdown().await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Demo(args) => demo::run(args).await,
+        Command::Client(command) => cli::run(command).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -31,7 +31,7 @@ pub async fn create_customer(
     body: JsonBody<CreateCustomer>,
 ) -> Result<Response, ApiError> {
     require_admin(&caller)?;
-    let b = body.value;
+    let b = body.value()?;
     let email = text(b.email, "email", limits::EMAIL_LEN_MAX)?;
     if email.as_ref().is_some_and(|e| !looks_like_email(e)) {
         return Err(ApiError::invalid(
@@ -105,7 +105,7 @@ pub async fn create_credential(
     let credential = Credential {
         id: new_id("oc"),
         customer_id,
-        name: text(body.value.name, "name", limits::NAME_LEN_MAX)?,
+        name: text(body.value()?.name, "name", limits::NAME_LEN_MAX)?,
         active: true,
         created: state.clock.now(),
         revoked_at: None,
@@ -161,6 +161,7 @@ pub async fn revoke_credential(
         Principal::Orchestrator { .. } => return Err(ApiError::not_found("credential", &id)),
         _ => return Err(ApiError::forbidden("Only the operator or the credential itself can revoke a credential.")),
     }
+    body.value()?;
     let now = state.clock.now();
     let store = state.store.clone();
     run(
@@ -187,14 +188,15 @@ pub async fn create_provider(
     body: JsonBody<CreateProvider>,
 ) -> Result<Response, ApiError> {
     require_admin(&caller)?;
-    let name = text(Some(body.value.name), "name", limits::NAME_LEN_MAX)?.unwrap_or_default();
+    let b = body.value()?;
+    let name = text(Some(b.name), "name", limits::NAME_LEN_MAX)?.unwrap_or_default();
     if name.trim().is_empty() {
         return Err(ApiError::invalid("parameter_invalid", "name", "name must not be empty."));
     }
     let provider = Provider {
         id: new_id("prov"),
         name,
-        metadata: metadata(body.value.metadata)?,
+        metadata: metadata(b.metadata)?,
         created: state.clock.now(),
     };
     let secret = Secret::generate(PREFIX_PROVIDER);
@@ -250,6 +252,7 @@ pub async fn roll_provider_secret(
         Principal::Provider { .. } => return Err(ApiError::not_found("provider", &id)),
         _ => return Err(ApiError::forbidden("Only the operator or the provider itself can roll its secret.")),
     }
+    body.value()?;
     let secret = Secret::generate(PREFIX_PROVIDER);
     let hash = secret.hash();
     let store = state.store.clone();
@@ -286,7 +289,7 @@ pub async fn advance_clock(
     body: JsonBody<AdvanceClock>,
 ) -> Result<Response, ApiError> {
     require_admin(&caller)?;
-    let seconds = body.value.seconds;
+    let seconds = body.value()?.seconds;
     if !(1..=limits::CLOCK_ADVANCE_SECS_MAX).contains(&seconds) {
         return Err(ApiError::invalid(
             "parameter_invalid",

@@ -67,7 +67,7 @@ pub async fn create_charge(
     body: JsonBody<CreateCharge>,
 ) -> Result<Response, ApiError> {
     let provider_id = provider_only(&caller)?.to_owned();
-    let b = body.value;
+    let b = body.value()?;
     let amount = amount(b.amount, "amount")?;
     let currency = parse_currency(&b.currency, "currency")?;
     let description = text(b.description, "description", limits::DESCRIPTION_LEN_MAX)?;
@@ -209,7 +209,7 @@ pub async fn capture_charge(
     body: JsonBody<Capture>,
 ) -> Result<Response, ApiError> {
     let scope = charge_scope(&caller)?;
-    let capture_amount = match body.value.amount {
+    let capture_amount = match body.value()?.amount {
         Some(a) => Some(amount(a, "amount")?.get()),
         None => None,
     };
@@ -237,6 +237,7 @@ pub async fn cancel_charge(
     body: JsonBody<super::admin::Empty>,
 ) -> Result<Response, ApiError> {
     let scope = charge_scope(&caller)?;
+    body.value()?;
     let now = state.clock.now();
     let store = state.store.clone();
     run(
@@ -264,7 +265,7 @@ pub async fn create_refund(
     body: JsonBody<CreateRefund>,
 ) -> Result<Response, ApiError> {
     let scope = charge_scope(&caller)?;
-    let b = body.value;
+    let b = body.value()?;
     let charge_id = body_id(&b.charge, "charge", "charge")?.to_owned();
     let refund_amount = match b.amount {
         Some(a) => Some(amount(a, "amount")?.get()),

@@ -52,13 +52,28 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
-/// A parsed JSON body plus what idempotency needs: the key, if sent, and a
-/// hash of the request it guards.
+/// A JSON body, read (bounded) but parsed only when the handler asks, so
+/// that a caller outside its role hears 403 before any parameter error;
+/// plus what idempotency needs: the key, if sent, and a hash of the request.
 #[derive(Debug)]
 pub struct JsonBody<T> {
-    pub value: T,
+    bytes: axum::body::Bytes,
     pub idempotency_key: Option<String>,
     pub request_hash: [u8; 32],
+    parsed: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T: DeserializeOwned> JsonBody<T> {
+    /// Parses the body (an empty body is `{}`), naming the offending
+    /// parameter on failure.
+    pub fn value(&self) -> Result<T, ApiError> {
+        let text: &[u8] = if self.bytes.iter().all(u8::is_ascii_whitespace) {
+            b"{}"
+        } else {
+            &self.bytes
+        };
+        parse_json(text)
+    }
 }
 
 impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
@@ -86,16 +101,11 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
             .chain_update(&bytes)
             .finalize()
             .into();
-        let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
-            b"{}"
-        } else {
-            &bytes
-        };
-        let value = parse_json(text)?;
         Ok(JsonBody {
-            value,
+            bytes,
             idempotency_key,
             request_hash,
+            parsed: std::marker::PhantomData,
         })
     }
 }

@@ -127,6 +127,7 @@ where
             actor: actor.clone(),
             key,
             request_hash,
+            now,
             render: Box::new(move |value: &T| {
                 let body = render_view(value);
                 let sealed = vault

@@ -58,7 +58,7 @@ pub async fn create_token(
             "Payment tokens are issued by an orchestrator credential (sk_orch_…).",
         ));
     };
-    let b = body.value;
+    let b = body.value()?;
     let payment_method = body_id(&b.payment_method, "payment_method", "payment_method")?.to_owned();
     let provider = body_id(&b.provider, "provider", "provider")?.to_owned();
     let currency = parse_currency(&b.currency, "currency")?;
@@ -198,6 +198,7 @@ async fn change(
     change: TokenChange,
 ) -> Result<Response, ApiError> {
     let scope = token_scope(&caller)?;
+    body.value()?;
     let now = state.clock.now();
     let store = state.store.clone();
     run(

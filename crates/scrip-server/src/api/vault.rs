@@ -55,7 +55,9 @@ pub async fn create_payment_method(
     Caller(caller): Caller,
     body: JsonBody<CreatePaymentMethod>,
 ) -> Result<Response, ApiError> {
-    let input = body.value;
+    // The role is checked before the body is read.
+    customer_scope(&caller, None)?;
+    let input = body.value()?;
     if let Some(c) = &input.customer {
         body_id(c, "customer", "customer")?;
     }
@@ -140,6 +142,7 @@ pub async fn detach_payment_method(
     body: JsonBody<Empty>,
 ) -> Result<Response, ApiError> {
     let scope = customer_scope(&caller, None)?;
+    body.value()?;
     let now = state.clock.now();
     let store = state.store.clone();
     run(

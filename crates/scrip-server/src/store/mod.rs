@@ -61,6 +61,8 @@ pub struct IdemWrite<T> {
     pub actor: String,
     pub key: String,
     pub request_hash: [u8; 32],
+    /// The server clock's time of the request (the test clock in test mode).
+    pub now: UnixSecs,
     pub render: Render<T>,
 }
 

@@ -293,7 +293,7 @@ fn in_savepoint<T>(conn: &Connection, op: impl FnOnce(&Connection) -> StoreResul
 
 fn remember_response<T>(conn: &Connection, idem: IdemWrite<T>, value: &T) -> StoreResult<()> {
     let (status, sealed) = (idem.render)(value)?;
-    let now = crate::clock::system_now();
+    let now = idem.now;
     // A record older than the TTL is replaced; a live one means another
     // request with this key committed first.
     let changed = conn

@@ -1,0 +1,348 @@
+//! `TestApp`: a real server on a fresh data directory, with typed request
+//! helpers and fixtures for each role.
+
+use std::path::PathBuf;
+
+use reqwest::Method;
+use scrip_server::server::{self, Config, Running};
+use serde_json::{json, Value};
+use tempfile::TempDir;
+
+pub const ADMIN: &str = "sk_admin_test0123456789abcdef0123456789abcdef";
+pub const VISA: &str = "4242424242424242";
+
+pub struct TestApp {
+    pub url: String,
+    pub client: scrip_client::Client,
+    running: Option<Running>,
+    pub dir: TempDir,
+}
+
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Resp {
+    /// The error code of an error response ("" if none).
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+    pub fn kind(&self) -> &str {
+        self.body["error"]["type"].as_str().unwrap_or("")
+    }
+    pub fn id(&self) -> String {
+        self.body["id"].as_str().unwrap_or_default().to_owned()
+    }
+    #[track_caller]
+    pub fn ok(self) -> Value {
+        assert_eq!(self.status, 200, "expected 200, got {}: {}", self.status, self.body);
+        self.body
+    }
+    /// Asserts the status and the error type and code.
+    #[track_caller]
+    pub fn err(&self, status: u16, kind: &str, code: &str) {
+        assert_eq!(
+            (self.status, self.kind(), self.code()),
+            (status, kind, code),
+            "body: {}",
+            self.body
+        );
+        let message = self.body["error"]["message"].as_str().unwrap_or("");
+        assert!(message.len() > 10, "an error needs a sentence: {}", self.body);
+    }
+}
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        let dir = tempfile::tempdir().expect("tempdir");
+        TestApp::spawn_in(dir).await
+    }
+
+    pub async fn spawn_in(dir: TempDir) -> TestApp {
+        let running = server::start(Config {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            data_dir: dir.path().to_owned(),
+            test_clock: true,
+            admin_key: Some(ADMIN.to_owned()),
+            master_key: None,
+        })
+        .await
+        .expect("server starts");
+        let url = format!("http://{}", running.addr);
+        TestApp {
+            client: scrip_client::Client::new(url.clone()),
+            url,
+            running: Some(running),
+            dir,
+        }
+    }
+
+    /// Stops the server gracefully and hands back its data directory.
+    pub async fn stop(mut self) -> TempDir {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await.expect("clean shutdown");
+        }
+        self.dir
+    }
+
+    pub async fn send(&self, method: Method, path: &str, secret: &str, body: Option<Value>, key: Option<&str>) -> Resp {
+        let client = if secret.is_empty() {
+            self.client.clone()
+        } else {
+            self.client.with_secret(secret)
+        };
+        let r = client
+            .send(method, path, body.as_ref(), key)
+            .await
+            .expect("transport");
+        Resp {
+            status: r.status,
+            headers: r.headers,
+            body: r.body,
+        }
+    }
+
+    pub async fn post(&self, path: &str, secret: &str, body: Value) -> Resp {
+        self.send(Method::POST, path, secret, Some(body), None).await
+    }
+
+    pub async fn post_idem(&self, path: &str, secret: &str, body: Value, key: &str) -> Resp {
+        self.send(Method::POST, path, secret, Some(body), Some(key)).await
+    }
+
+    pub async fn get(&self, path: &str, secret: &str) -> Resp {
+        self.send(Method::GET, path, secret, None, None).await
+    }
+
+    pub async fn advance(&self, seconds: i64) -> i64 {
+        let r = self
+            .post("/v1/test_helpers/advance_clock", ADMIN, json!({ "seconds": seconds }))
+            .await
+            .ok();
+        r["now"].as_i64().expect("now")
+    }
+
+    /// A customer with an orchestrator credential: (customer, credential, secret).
+    pub async fn orchestrator(&self) -> (String, String, String) {
+        let c = self
+            .post("/v1/customers", ADMIN, json!({ "email": "ada@example.com", "name": "Ada" }))
+            .await
+            .ok();
+        let cus = c["id"].as_str().expect("id").to_owned();
+        let cred = self
+            .post(&format!("/v1/customers/{cus}/credentials"), ADMIN, json!({ "name": "laptop" }))
+            .await
+            .ok();
+        (
+            cus,
+            cred["id"].as_str().expect("id").to_owned(),
+            cred["secret"].as_str().expect("secret").to_owned(),
+        )
+    }
+
+    /// A provider: (id, secret).
+    pub async fn provider(&self, name: &str) -> (String, String) {
+        let p = self.post("/v1/providers", ADMIN, json!({ "name": name })).await.ok();
+        (
+            p["id"].as_str().expect("id").to_owned(),
+            p["secret"].as_str().expect("secret").to_owned(),
+        )
+    }
+
+    pub async fn card(&self, orch: &str, number: &str) -> String {
+        let cvc = if number.starts_with("37") { "1234" } else { "123" };
+        self.post(
+            "/v1/payment_methods",
+            orch,
+            json!({ "card": { "number": number, "exp_month": 12, "exp_year": 2040, "cvc": cvc } }),
+        )
+        .await
+        .ok()["id"]
+            .as_str()
+            .expect("id")
+            .to_owned()
+    }
+
+    /// Issues a token; `extra` fields override the defaults
+    /// (usd, 10000/month). Returns (token id, token secret).
+    pub async fn token(&self, orch: &str, pm: &str, provider: &str, extra: Value) -> (String, String) {
+        let mut body = json!({
+            "payment_method": pm, "provider": provider, "currency": "usd",
+            "cap": { "amount": 10000, "period": "month" },
+        });
+        if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+            for (k, v) in e {
+                b.insert(k.clone(), v.clone());
+            }
+        }
+        let t = self.post("/v1/tokens", orch, body).await.ok();
+        (
+            t["id"].as_str().expect("id").to_owned(),
+            t["token"].as_str().expect("token").to_owned(),
+        )
+    }
+
+    pub async fn charge(&self, provider_secret: &str, token: &str, amount: i64) -> Resp {
+        self.post(
+            "/v1/charges",
+            provider_secret,
+            json!({ "token": token, "amount": amount, "currency": "usd" }),
+        )
+        .await
+    }
+}
+
+/// Everything a charge test needs, set up through the API.
+pub struct World {
+    pub app: TestApp,
+    pub customer: String,
+    pub credential: String,
+    pub orch: String,
+    pub provider: String,
+    pub provider_secret: String,
+    pub pm: String,
+}
+
+impl World {
+    pub async fn new() -> World {
+        let app = TestApp::spawn().await;
+        let (customer, credential, orch) = app.orchestrator().await;
+        let (provider, provider_secret) = app.provider("Cloudflare").await;
+        let pm = app.card(&orch, VISA).await;
+        World {
+            app,
+            customer,
+            credential,
+            orch,
+            provider,
+            provider_secret,
+            pm,
+        }
+    }
+
+    pub async fn token(&self, extra: Value) -> (String, String) {
+        self.app.token(&self.orch, &self.pm, &self.provider, extra).await
+    }
+
+    pub async fn charge(&self, token: &str, amount: i64) -> Resp {
+        self.app.charge(&self.provider_secret, token, amount).await
+    }
+
+    pub async fn spend(&self, token_id: &str) -> Value {
+        self.app.get(&format!("/v1/tokens/{token_id}"), &self.orch).await.ok()["spend"].clone()
+    }
+}
+
+/// Every file under `dir`, read whole (database, WAL, keys, logs).
+pub fn all_bytes_under(dir: &std::path::Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).expect("read_dir").flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((p.clone(), std::fs::read(&p).unwrap_or_default()));
+            }
+        }
+    }
+    out
+}
+
+pub fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+/// The `scrip serve` binary as a separate process, for tests that kill it.
+pub struct Proc {
+    pub child: tokio::process::Child,
+    pub url: String,
+    /// What the server printed to stdout before it was ready.
+    pub stdout_head: String,
+}
+
+impl Proc {
+    /// Starts `scrip serve` on a free port. `admin_key: None` lets the
+    /// server generate one; stderr (the log) goes to `log`.
+    pub async fn spawn(data_dir: &std::path::Path, admin_key: Option<&str>, log: &std::path::Path) -> Proc {
+        use tokio::io::AsyncBufReadExt;
+        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_scrip"));
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--test-clock")
+            .env("SCRIP_LOG", "debug")
+            .env_remove("SCRIP_ADMIN_KEY")
+            .env_remove("SCRIP_MASTER_KEY")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::from(log_file))
+            .kill_on_drop(true);
+        if let Some(k) = admin_key {
+            cmd.env("SCRIP_ADMIN_KEY", k);
+        }
+        let mut child = cmd.spawn().expect("spawn scrip");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let mut head = String::new();
+        let url = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            while let Some(line) = lines.next_line().await.expect("read stdout") {
+                head.push_str(&line);
+                head.push('\n');
+                if let Some(url) = line.strip_prefix("scrip listening on ") {
+                    return url.trim().to_owned();
+                }
+            }
+            panic!("scrip exited before listening: {head}");
+        })
+        .await
+        .expect("scrip starts within 30 s");
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Proc {
+            child,
+            url,
+            stdout_head: head,
+        }
+    }
+
+    /// A `TestApp`-like client for this process.
+    pub fn client(&self) -> scrip_client::Client {
+        scrip_client::Client::new(self.url.clone())
+    }
+
+    pub async fn send(&self, method: Method, path: &str, secret: &str, body: Option<Value>) -> Resp {
+        let r = self
+            .client()
+            .with_secret(secret)
+            .send(method, path, body.as_ref(), None)
+            .await
+            .expect("transport");
+        Resp {
+            status: r.status,
+            headers: r.headers,
+            body: r.body,
+        }
+    }
+
+    /// SIGTERM, then wait: returns the exit status.
+    pub async fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().expect("pid");
+        let ok = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()
+            .expect("kill");
+        assert!(ok.success());
+        tokio::time::timeout(std::time::Duration::from_secs(40), self.child.wait())
+            .await
+            .expect("exits after SIGTERM")
+            .expect("wait")
+    }
+}

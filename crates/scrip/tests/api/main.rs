@@ -1,0 +1,13 @@
+//! Integration tests: each test starts the real server on port 0 with a
+//! fresh database and drives it over HTTP, asserting on responses and on
+//! what the store holds.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod concurrency;
+mod durability;
+mod errors;
+mod helpers;
+mod lifecycle;
+mod periods;
+mod secrets;
