@@ -201,7 +201,7 @@ pub fn luhn_valid(digits: &str) -> bool {
         }
         sum += d;
     }
-    !digits.is_empty() && sum % 10 == 0
+    !digits.is_empty() && sum.is_multiple_of(10)
 }
 
 /// The brand a number's issuer prefix belongs to.
@@ -242,7 +242,10 @@ mod tests {
     #[test]
     fn parses_test_cards_with_separators() {
         let n = CardNumber::parse("4242 4242 4242 4242").map_err(|e| e.code());
-        assert_eq!(n.as_ref().map(|n| n.expose_digits()), Ok("4242424242424242"));
+        assert_eq!(
+            n.as_ref().map(|n| n.expose_digits()),
+            Ok("4242424242424242")
+        );
         let n = CardNumber::parse("3782-822463-10005").map_err(|e| e.code());
         assert_eq!(n.as_ref().map(|n| n.brand()), Ok(Brand::Amex));
     }
@@ -319,14 +322,32 @@ mod tests {
     #[test]
     fn expiry_rules() {
         assert_eq!(check_expiry(12, 2026, 2026, 12), Ok(()));
-        assert_eq!(check_expiry(11, 2026, 2026, 12), Err(CardError::ExpiredCard));
+        assert_eq!(
+            check_expiry(11, 2026, 2026, 12),
+            Err(CardError::ExpiredCard)
+        );
         assert_eq!(check_expiry(1, 2027, 2026, 12), Ok(()));
         assert_eq!(check_expiry(1, 2020, 2026, 12), Err(CardError::ExpiredCard));
-        assert_eq!(check_expiry(0, 2030, 2026, 12), Err(CardError::InvalidExpiry));
-        assert_eq!(check_expiry(13, 2030, 2026, 12), Err(CardError::InvalidExpiry));
-        assert_eq!(check_expiry(1, 3000, 2026, 12), Err(CardError::InvalidExpiry));
-        assert_eq!(check_expiry(1, i64::MAX, 2026, 12), Err(CardError::InvalidExpiry));
-        assert_eq!(check_expiry(1, i64::MIN, 2026, 12), Err(CardError::InvalidExpiry));
+        assert_eq!(
+            check_expiry(0, 2030, 2026, 12),
+            Err(CardError::InvalidExpiry)
+        );
+        assert_eq!(
+            check_expiry(13, 2030, 2026, 12),
+            Err(CardError::InvalidExpiry)
+        );
+        assert_eq!(
+            check_expiry(1, 3000, 2026, 12),
+            Err(CardError::InvalidExpiry)
+        );
+        assert_eq!(
+            check_expiry(1, i64::MAX, 2026, 12),
+            Err(CardError::InvalidExpiry)
+        );
+        assert_eq!(
+            check_expiry(1, i64::MIN, 2026, 12),
+            Err(CardError::InvalidExpiry)
+        );
     }
 
     /// Appends the digit that makes `body` pass Luhn.

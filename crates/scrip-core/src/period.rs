@@ -69,7 +69,8 @@ impl Period {
                 (first, next)
             }
             Period::Year => {
-                let first = Date::from_calendar_date(date.year(), Month::January, 1).unwrap_or(date);
+                let first =
+                    Date::from_calendar_date(date.year(), Month::January, 1).unwrap_or(date);
                 (
                     first,
                     Date::from_calendar_date(first.year() + 1, Month::January, 1).ok(),
@@ -155,9 +156,17 @@ mod tests {
         let w = Period::Year.window(ts(2028, 6, 1, 0, 0, 0), 0);
         assert_eq!(w.end.unwrap_or(0) - w.start, 366 * 86_400);
         let w = Period::Year.window(ts(2100, 6, 1, 0, 0, 0), 0);
-        assert_eq!(w.end.unwrap_or(0) - w.start, 365 * 86_400, "2100 is not a leap year");
+        assert_eq!(
+            w.end.unwrap_or(0) - w.start,
+            365 * 86_400,
+            "2100 is not a leap year"
+        );
         let w = Period::Year.window(ts(2000, 6, 1, 0, 0, 0), 0);
-        assert_eq!(w.end.unwrap_or(0) - w.start, 366 * 86_400, "2000 is a leap year");
+        assert_eq!(
+            w.end.unwrap_or(0) - w.start,
+            366 * 86_400,
+            "2000 is a leap year"
+        );
     }
 
     #[test]
@@ -205,7 +214,13 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        for p in [Period::Day, Period::Week, Period::Month, Period::Year, Period::None] {
+        for p in [
+            Period::Day,
+            Period::Week,
+            Period::Month,
+            Period::Year,
+            Period::None,
+        ] {
             assert_eq!(p.name().parse::<Period>(), Ok(p));
         }
         assert!("monthly".parse::<Period>().is_err());

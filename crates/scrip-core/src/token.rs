@@ -185,9 +185,15 @@ pub enum Refusal {
     PaymentMethodUnavailable,
     /// The calling provider is not the token's provider: the token leaked.
     ScopeMismatch,
-    CurrencyMismatch { token: Currency },
-    MaxPerChargeExceeded { max: i64 },
-    CapExceeded { remaining: i64 },
+    CurrencyMismatch {
+        token: Currency,
+    },
+    MaxPerChargeExceeded {
+        max: i64,
+    },
+    CapExceeded {
+        remaining: i64,
+    },
 }
 
 impl Refusal {
@@ -227,7 +233,11 @@ pub struct ChargeRequest<'a> {
 /// Decides a charge against a token and its ancestors, in API.md's order:
 /// standing, provider, currency and per-charge limit, then the cap of every
 /// link. The card network is asked only after this says yes.
-pub fn authorize(chain: &[Link], request: &ChargeRequest<'_>, now: UnixSecs) -> Result<(), Refusal> {
+pub fn authorize(
+    chain: &[Link],
+    request: &ChargeRequest<'_>,
+    now: UnixSecs,
+) -> Result<(), Refusal> {
     let Some(token) = chain.first() else {
         return Err(Refusal::Revoked);
     };
@@ -278,7 +288,8 @@ mod tests {
     }
 
     fn amount(n: i64) -> ChargeAmount {
-        ChargeAmount::new(n).unwrap_or_else(|| ChargeAmount::new(1).unwrap_or_else(|| unreachable!()))
+        ChargeAmount::new(n)
+            .unwrap_or_else(|| ChargeAmount::new(1).unwrap_or_else(|| unreachable!()))
     }
 
     fn link(cap_amount: i64, spend: Spend) -> Link {
@@ -312,7 +323,13 @@ mod tests {
 
     #[test]
     fn approves_within_cap_and_refuses_past_it() {
-        let chain = [link(10_000, Spend { captured: 6_000, pending: 1_000 })];
+        let chain = [link(
+            10_000,
+            Spend {
+                captured: 6_000,
+                pending: 1_000,
+            },
+        )];
         assert_eq!(authorize(&chain, &req(3_000), 1_000), Ok(()));
         assert_eq!(
             authorize(&chain, &req(3_001), 1_000),
@@ -324,7 +341,13 @@ mod tests {
     fn ancestors_cap_binds_the_child() {
         let chain = [
             link(10_000, Spend::default()),
-            link(5_000, Spend { captured: 4_500, pending: 0 }),
+            link(
+                5_000,
+                Spend {
+                    captured: 4_500,
+                    pending: 0,
+                },
+            ),
         ];
         assert_eq!(
             authorize(&chain, &req(600), 1_000),
@@ -335,7 +358,13 @@ mod tests {
 
     #[test]
     fn refusal_order_follows_the_contract() {
-        let mut chain = [link(100, Spend { captured: 100, pending: 0 })];
+        let mut chain = [link(
+            100,
+            Spend {
+                captured: 100,
+                pending: 0,
+            },
+        )];
         chain[0].standing.credential_active = false;
         let wrong = ChargeRequest {
             caller_provider_id: "prov_b",
@@ -351,14 +380,19 @@ mod tests {
             Err(Refusal::PaymentMethodUnavailable)
         );
         chain[0].standing.payment_method_active = true;
-        assert_eq!(authorize(&chain, &wrong, 1_000), Err(Refusal::ScopeMismatch));
+        assert_eq!(
+            authorize(&chain, &wrong, 1_000),
+            Err(Refusal::ScopeMismatch)
+        );
         let wrong_currency = ChargeRequest {
             caller_provider_id: "prov_a",
             ..wrong
         };
         assert_eq!(
             authorize(&chain, &wrong_currency, 1_000),
-            Err(Refusal::CurrencyMismatch { token: Currency::Usd })
+            Err(Refusal::CurrencyMismatch {
+                token: Currency::Usd
+            })
         );
         chain[0].scope.max_per_charge = Some(50);
         assert_eq!(

@@ -68,7 +68,12 @@ impl Running {
     pub async fn shutdown(self) -> std::io::Result<()> {
         let _ = self.shutdown.send(true);
         self.sweeper.abort();
-        match tokio::time::timeout(Duration::from_secs(limits::SHUTDOWN_GRACE_SECS), self.server).await {
+        match tokio::time::timeout(
+            Duration::from_secs(limits::SHUTDOWN_GRACE_SECS),
+            self.server,
+        )
+        .await
+        {
             Ok(joined) => joined.unwrap_or(Ok(())),
             Err(_) => {
                 tracing::warn!("in-flight requests did not finish within the grace period");
@@ -102,7 +107,9 @@ fn master_key_file(dir: &Path) -> Result<MasterKey, StartError> {
                 use std::os::unix::fs::OpenOptionsExt;
                 options.mode(0o600);
             }
-            let mut file = options.open(&path).map_err(|e| StartError::DataDir(path.clone(), e))?;
+            let mut file = options
+                .open(&path)
+                .map_err(|e| StartError::DataDir(path.clone(), e))?;
             use std::io::Write;
             file.write_all(key.to_base64().as_bytes())
                 .and_then(|()| file.sync_all())
@@ -116,7 +123,8 @@ fn master_key_file(dir: &Path) -> Result<MasterKey, StartError> {
 /// Opens everything and starts serving on `config.listen` (port 0 picks a
 /// free port; see [`Running::addr`]).
 pub async fn start(config: Config) -> Result<Running, StartError> {
-    create_private_dir(&config.data_dir).map_err(|e| StartError::DataDir(config.data_dir.clone(), e))?;
+    create_private_dir(&config.data_dir)
+        .map_err(|e| StartError::DataDir(config.data_dir.clone(), e))?;
     let (master, master_key_from_file) = match &config.master_key {
         Some(text) => (MasterKey::from_base64(text)?, false),
         None => (master_key_file(&config.data_dir)?, true),
@@ -142,9 +150,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let mut generated_admin_key = None;
     let admin_hash: SecretHash = match &config.admin_key {
         Some(key) => {
-            let valid = key
-                .strip_prefix(PREFIX_ADMIN)
-                .is_some_and(|rest| rest.len() >= ADMIN_KEY_CHARS_MIN && rest.len() <= limits::SECRET_LEN_MAX);
+            let valid = key.strip_prefix(PREFIX_ADMIN).is_some_and(|rest| {
+                rest.len() >= ADMIN_KEY_CHARS_MIN && rest.len() <= limits::SECRET_LEN_MAX
+            });
             if !valid {
                 return Err(StartError::AdminKeyFormat);
             }
@@ -216,7 +224,7 @@ async fn sweep(store: Arc<dyn Store>, clock: Arc<Clock>) {
             Ok(n) => tracing::info!(released = n, "released expired authorization holds"),
             Err(e) => tracing::error!(error = %e, "hold sweep failed"),
         }
-        if ticks % 60 == 0 {
+        if ticks.is_multiple_of(60) {
             let before = clock.now() - limits::IDEMPOTENCY_TTL_SECS;
             if let Err(e) = store.purge_idempotency(before).await {
                 tracing::error!(error = %e, "idempotency purge failed");

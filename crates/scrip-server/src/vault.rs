@@ -167,25 +167,26 @@ impl Vault {
             }
         }
         let mut created = Vec::new();
-        let mut ensure = |slot: &mut Option<String>, purpose: KeyPurpose| -> Result<String, VaultError> {
-            if let Some(id) = slot {
-                return Ok(id.clone());
-            }
-            let mut k = [0u8; 32];
-            OsRng.fill_bytes(&mut k);
-            let id = crate::secrets::new_id("dk");
-            let wrapped = wrap_key(&master, &id, &k)?;
-            created.push(WrappedKey {
-                id: id.clone(),
-                purpose: purpose.name().to_owned(),
-                master_key_id: master.id(),
-                wrapped,
-                created: now,
-            });
-            keys.insert(id.clone(), DataKey(k));
-            k.zeroize();
-            Ok(id)
-        };
+        let mut ensure =
+            |slot: &mut Option<String>, purpose: KeyPurpose| -> Result<String, VaultError> {
+                if let Some(id) = slot {
+                    return Ok(id.clone());
+                }
+                let mut k = [0u8; 32];
+                OsRng.fill_bytes(&mut k);
+                let id = crate::secrets::new_id("dk");
+                let wrapped = wrap_key(&master, &id, &k)?;
+                created.push(WrappedKey {
+                    id: id.clone(),
+                    purpose: purpose.name().to_owned(),
+                    master_key_id: master.id(),
+                    wrapped,
+                    created: now,
+                });
+                keys.insert(id.clone(), DataKey(k));
+                k.zeroize();
+                Ok(id)
+            };
         let seal_key_id = ensure(&mut seal_key_id, KeyPurpose::Seal)?;
         let fingerprint_key_id = ensure(&mut fingerprint_key_id, KeyPurpose::Fingerprint)?;
         Ok((
@@ -229,7 +230,11 @@ impl Vault {
         })
     }
 
-    pub fn open_sealed(&self, sealed: &Sealed, context: &str) -> Result<Zeroizing<Vec<u8>>, VaultError> {
+    pub fn open_sealed(
+        &self,
+        sealed: &Sealed,
+        context: &str,
+    ) -> Result<Zeroizing<Vec<u8>>, VaultError> {
         let keys = self.keys.read().map_err(|_| VaultError::Decrypt)?;
         let key = keys
             .get(&sealed.key_id)
@@ -250,11 +255,19 @@ impl Vault {
             .map_err(|_| VaultError::Decrypt)
     }
 
-    pub fn seal_card(&self, number: &CardNumber, payment_method_id: &str) -> Result<Sealed, VaultError> {
+    pub fn seal_card(
+        &self,
+        number: &CardNumber,
+        payment_method_id: &str,
+    ) -> Result<Sealed, VaultError> {
         self.seal(number.expose_digits().as_bytes(), payment_method_id)
     }
 
-    pub fn open_card(&self, sealed: &Sealed, payment_method_id: &str) -> Result<CardNumber, VaultError> {
+    pub fn open_card(
+        &self,
+        sealed: &Sealed,
+        payment_method_id: &str,
+    ) -> Result<CardNumber, VaultError> {
         let plain = self.open_sealed(sealed, payment_method_id)?;
         let text = std::str::from_utf8(&plain).map_err(|_| VaultError::Decrypt)?;
         CardNumber::parse(text).map_err(|_| VaultError::Decrypt)
@@ -267,7 +280,8 @@ impl Vault {
         let key = keys
             .get(&self.fingerprint_key_id)
             .ok_or_else(|| VaultError::UnknownDataKey(self.fingerprint_key_id.clone()))?;
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&key.0).map_err(|_| VaultError::Encrypt)?;
+        let mut mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(&key.0).map_err(|_| VaultError::Encrypt)?;
         mac.update(number.expose_digits().as_bytes());
         let tag = mac.finalize().into_bytes();
         Ok(hex::encode(&tag[..12]))
@@ -330,8 +344,14 @@ mod tests {
             .ciphertext
             .windows(16)
             .any(|w| w == b"4242424242424242"));
-        assert_eq!(vault.open_card(&sealed, "pm_1")?.expose_digits(), "4242424242424242");
-        assert!(vault.open_card(&sealed, "pm_2").is_err(), "context is bound");
+        assert_eq!(
+            vault.open_card(&sealed, "pm_1")?.expose_digits(),
+            "4242424242424242"
+        );
+        assert!(
+            vault.open_card(&sealed, "pm_2").is_err(),
+            "context is bound"
+        );
         let again = vault.seal_card(&n, "pm_1")?;
         assert_ne!(again.nonce, sealed.nonce, "fresh nonce per record");
         Ok(())
@@ -361,6 +381,9 @@ mod tests {
         assert!(MasterKey::from_base64("AAAA").is_err());
         let k = MasterKey::generate();
         let text = k.to_base64();
-        assert_eq!(MasterKey::from_base64(&text).map(|m| m.id()).ok(), Some(k.id()));
+        assert_eq!(
+            MasterKey::from_base64(&text).map(|m| m.id()).ok(),
+            Some(k.id())
+        );
     }
 }

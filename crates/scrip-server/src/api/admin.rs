@@ -64,7 +64,10 @@ fn looks_like_email(e: &str) -> bool {
     let (Some(local), Some(domain)) = (parts.next(), parts.next()) else {
         return false;
     };
-    !local.is_empty() && domain.contains('.') && !domain.starts_with('.') && !e.chars().any(char::is_whitespace)
+    !local.is_empty()
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !e.chars().any(char::is_whitespace)
 }
 
 pub async fn get_customer(
@@ -135,7 +138,9 @@ pub async fn list_credentials(
     let q = ListQuery::parse(query.as_deref(), &[])?;
     state.store.customer(&customer_id).await?;
     let page = state.store.credentials(&customer_id, q.page).await?;
-    Ok(ok_json(&views::list(&page, uri.path(), |c| views::credential(c, None))))
+    Ok(ok_json(&views::list(&page, uri.path(), |c| {
+        views::credential(c, None)
+    })))
 }
 
 pub async fn get_credential(
@@ -159,7 +164,11 @@ pub async fn revoke_credential(
         Principal::Admin => {}
         Principal::Orchestrator { credential_id, .. } if *credential_id == id => {}
         Principal::Orchestrator { .. } => return Err(ApiError::not_found("credential", &id)),
-        _ => return Err(ApiError::forbidden("Only the operator or the credential itself can revoke a credential.")),
+        _ => {
+            return Err(ApiError::forbidden(
+                "Only the operator or the credential itself can revoke a credential.",
+            ))
+        }
     }
     body.value()?;
     let now = state.clock.now();
@@ -191,7 +200,11 @@ pub async fn create_provider(
     let b = body.value()?;
     let name = text(Some(b.name), "name", limits::NAME_LEN_MAX)?.unwrap_or_default();
     if name.trim().is_empty() {
-        return Err(ApiError::invalid("parameter_invalid", "name", "name must not be empty."));
+        return Err(ApiError::invalid(
+            "parameter_invalid",
+            "name",
+            "name must not be empty.",
+        ));
     }
     let provider = Provider {
         id: new_id("prov"),
@@ -236,7 +249,9 @@ pub async fn list_providers(
     require_admin(&caller)?;
     let q = ListQuery::parse(query.as_deref(), &[])?;
     let page = state.store.providers(q.page).await?;
-    Ok(ok_json(&views::list(&page, uri.path(), |p| views::provider(p, None))))
+    Ok(ok_json(&views::list(&page, uri.path(), |p| {
+        views::provider(p, None)
+    })))
 }
 
 /// Admin, or the provider rolling its own secret.
@@ -250,7 +265,11 @@ pub async fn roll_provider_secret(
         Principal::Admin => {}
         Principal::Provider { provider_id } if *provider_id == id => {}
         Principal::Provider { .. } => return Err(ApiError::not_found("provider", &id)),
-        _ => return Err(ApiError::forbidden("Only the operator or the provider itself can roll its secret.")),
+        _ => {
+            return Err(ApiError::forbidden(
+                "Only the operator or the provider itself can roll its secret.",
+            ))
+        }
     }
     body.value()?;
     let secret = Secret::generate(PREFIX_PROVIDER);
@@ -294,7 +313,10 @@ pub async fn advance_clock(
         return Err(ApiError::invalid(
             "parameter_invalid",
             "seconds",
-            format!("seconds must be from 1 to {}.", limits::CLOCK_ADVANCE_SECS_MAX),
+            format!(
+                "seconds must be from 1 to {}.",
+                limits::CLOCK_ADVANCE_SECS_MAX
+            ),
         ));
     }
     let offset = state.clock.offset_secs().saturating_add(seconds);

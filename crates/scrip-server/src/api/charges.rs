@@ -20,7 +20,9 @@ use super::idempotency::run;
 use super::tokens::parse_currency;
 use super::{body_id, metadata, ok_json, text, to_json, views, AppState};
 use crate::secrets::{hash_secret, new_id, PREFIX_TOKEN};
-use crate::store::model::{Charge, ChargeFilter, Metadata, NewCharge, Principal, Refund};
+use crate::store::model::{
+    Charge, ChargeFilter, Metadata, NewCharge, NewRefund, Principal, Refund,
+};
 use crate::store::StoreError;
 
 #[derive(Deserialize)]
@@ -58,7 +60,11 @@ fn amount(value: i64, param: &str) -> Result<ChargeAmount, ApiError> {
 }
 
 fn token_invalid() -> ApiError {
-    ApiError::token("token_invalid", "No such payment token. Check the token the agent sent.").with_param("token")
+    ApiError::token(
+        "token_invalid",
+        "No such payment token. Check the token the agent sent.",
+    )
+    .with_param("token")
 }
 
 pub async fn create_charge(
@@ -189,7 +195,9 @@ pub async fn list_charges(
         ..ChargeFilter::default()
     };
     match &caller {
-        Principal::Orchestrator { customer_id, .. } => filter.customer_id = Some(customer_id.clone()),
+        Principal::Orchestrator { customer_id, .. } => {
+            filter.customer_id = Some(customer_id.clone())
+        }
         _ => filter.provider_id = charge_scope(&caller)?,
     }
     let page = state.store.charges(filter, q.page).await?;
@@ -246,7 +254,11 @@ pub async fn cancel_charge(
         body.idempotency_key,
         body.request_hash,
         |c: &Charge| to_json(&views::charge(c)),
-        |idem| async move { Ok(store.cancel_charge(&id, scope.as_deref(), now, idem).await?) },
+        |idem| async move {
+            Ok(store
+                .cancel_charge(&id, scope.as_deref(), now, idem)
+                .await?)
+        },
     )
     .await
 }
@@ -283,11 +295,13 @@ pub async fn create_refund(
         |idem| async move {
             Ok(store
                 .create_refund(
-                    &new_id("re"),
-                    &charge_id,
+                    NewRefund {
+                        id: new_id("re"),
+                        charge_id,
+                        amount: refund_amount,
+                        metadata,
+                    },
                     scope.as_deref(),
-                    refund_amount,
-                    metadata,
                     now,
                     idem,
                 )
@@ -317,7 +331,11 @@ pub async fn list_refunds(
     let q = ListQuery::parse(query.as_deref(), &["charge"])?;
     let page = state
         .store
-        .refunds(scope.as_deref(), q.filters.get("charge").map(String::as_str), q.page)
+        .refunds(
+            scope.as_deref(),
+            q.filters.get("charge").map(String::as_str),
+            q.page,
+        )
         .await?;
     Ok(ok_json(&views::list(&page, uri.path(), views::refund)))
 }

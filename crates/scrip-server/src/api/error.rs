@@ -44,7 +44,12 @@ struct Inner<'a> {
 pub const INVALID_REQUEST: &str = "invalid_request_error";
 
 impl ApiError {
-    pub fn new(status: StatusCode, kind: &'static str, code: &'static str, message: impl Into<String>) -> ApiError {
+    pub fn new(
+        status: StatusCode,
+        kind: &'static str,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> ApiError {
         ApiError {
             status,
             kind,
@@ -63,8 +68,13 @@ impl ApiError {
 
     /// 400 for a parameter: `code` is one of API.md's parameter codes.
     pub fn invalid(code: &'static str, param: &str, message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, INVALID_REQUEST, code, redact_digits(&message.into()))
-            .with_param(param)
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            INVALID_REQUEST,
+            code,
+            redact_digits(&message.into()),
+        )
+        .with_param(param)
     }
 
     pub fn missing(param: &str) -> ApiError {
@@ -76,11 +86,21 @@ impl ApiError {
     }
 
     pub fn unauthenticated(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::UNAUTHORIZED, "authentication_error", "secret_invalid", message)
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "authentication_error",
+            "secret_invalid",
+            message,
+        )
     }
 
     pub fn forbidden(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::FORBIDDEN, "permission_error", "forbidden", message)
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "permission_error",
+            "forbidden",
+            message,
+        )
     }
 
     pub fn not_found(resource: &str, id: &str) -> ApiError {
@@ -124,11 +144,22 @@ impl ApiError {
             CardError::InvalidExpiry | CardError::ExpiredCard => "card.exp_year",
             CardError::IncorrectCvc => "card.cvc",
         };
-        ApiError::new(StatusCode::PAYMENT_REQUIRED, "card_error", error.code(), error.to_string()).with_param(param)
+        ApiError::new(
+            StatusCode::PAYMENT_REQUIRED,
+            "card_error",
+            error.code(),
+            error.to_string(),
+        )
+        .with_param(param)
     }
 
     pub fn declined(decline: Decline) -> ApiError {
-        let mut e = ApiError::new(StatusCode::PAYMENT_REQUIRED, "card_error", "card_declined", decline.message());
+        let mut e = ApiError::new(
+            StatusCode::PAYMENT_REQUIRED,
+            "card_error",
+            "card_declined",
+            decline.message(),
+        );
         e.decline_code = Some(decline.code());
         e
     }
@@ -187,9 +218,12 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict { code, message } => {
                 ApiError::new(StatusCode::CONFLICT, INVALID_REQUEST, code, message)
             }
-            StoreError::Invalid { code, param, message } => {
-                ApiError::new(StatusCode::BAD_REQUEST, INVALID_REQUEST, code, message).with_param(param)
-            }
+            StoreError::Invalid {
+                code,
+                param,
+                message,
+            } => ApiError::new(StatusCode::BAD_REQUEST, INVALID_REQUEST, code, message)
+                .with_param(param),
             StoreError::IdempotencyRace => ApiError::new(
                 StatusCode::CONFLICT,
                 "idempotency_error",
@@ -231,7 +265,9 @@ impl IntoResponse for ApiError {
         );
         if let Some(secs) = self.retry_after_secs {
             if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
-                response.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
+                response
+                    .headers_mut()
+                    .insert(axum::http::header::RETRY_AFTER, v);
             }
         }
         response

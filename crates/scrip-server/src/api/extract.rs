@@ -141,8 +141,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         let inner = e.into_inner();
         json_error(&path, &inner)
     })?;
-    de.end()
-        .map_err(|e| json_error(".", &e))?;
+    de.end().map_err(|e| json_error(".", &e))?;
     Ok(value)
 }
 
@@ -178,7 +177,11 @@ fn json_error(path: &str, e: &serde_json::Error) -> ApiError {
             if message.starts_with("unknown field") {
                 // serde_path_to_error's path already ends at the unknown key.
                 let field = backticked(&message).unwrap_or("?");
-                let param = if path.ends_with(field) { path.to_owned() } else { join_path(path, field) };
+                let param = if path.ends_with(field) {
+                    path.to_owned()
+                } else {
+                    join_path(path, field)
+                };
                 let param: String = param.chars().take(100).collect();
                 ApiError::invalid(
                     "parameter_unknown",
@@ -189,13 +192,19 @@ fn json_error(path: &str, e: &serde_json::Error) -> ApiError {
                 let field = backticked(&message).unwrap_or("?");
                 ApiError::missing(&join_path(path, field))
             } else {
-                let param = if path == "." { "body".to_owned() } else { path.to_owned() };
-                let param: String = param.chars().take(100).collect();
-                let code = if param == "amount" || param.ends_with(".amount") || param == "max_per_charge" {
-                    "amount_invalid"
+                let param = if path == "." {
+                    "body".to_owned()
                 } else {
-                    "parameter_invalid"
+                    path.to_owned()
                 };
+                let param: String = param.chars().take(100).collect();
+                let code =
+                    if param == "amount" || param.ends_with(".amount") || param == "max_per_charge"
+                    {
+                        "amount_invalid"
+                    } else {
+                        "parameter_invalid"
+                    };
                 // serde's message can quote the value sent (a card number
                 // in the wrong type, say): keep only what was expected.
                 let head = message.split(" at line ").next().unwrap_or("");
@@ -241,7 +250,13 @@ impl ListQuery {
     /// and `allowed_filters`.
     pub fn parse(query: Option<&str>, allowed_filters: &[&str]) -> Result<ListQuery, ApiError> {
         let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or(""))
-            .map_err(|_| ApiError::invalid("parameter_invalid", "query", "The query string is malformed."))?;
+            .map_err(|_| {
+                ApiError::invalid(
+                    "parameter_invalid",
+                    "query",
+                    "The query string is malformed.",
+                )
+            })?;
         let mut out = ListQuery {
             page: PageRequest {
                 limit: limits::LIST_LIMIT_DEFAULT,
@@ -260,7 +275,10 @@ impl ListQuery {
                             ApiError::invalid(
                                 "parameter_invalid",
                                 "limit",
-                                format!("limit must be an integer from 1 to {}.", limits::LIST_LIMIT_MAX),
+                                format!(
+                                    "limit must be an integer from 1 to {}.",
+                                    limits::LIST_LIMIT_MAX
+                                ),
                             )
                         })?;
                 }
@@ -276,7 +294,11 @@ impl ListQuery {
                 }
                 k if allowed_filters.contains(&k) => {
                     if value.len() > limits::ID_LEN_MAX {
-                        return Err(ApiError::invalid("parameter_invalid", k, format!("{k} is too long.")));
+                        return Err(ApiError::invalid(
+                            "parameter_invalid",
+                            k,
+                            format!("{k} is too long."),
+                        ));
                     }
                     out.filters.insert(key, value);
                 }

@@ -73,7 +73,13 @@ pub fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
     r
 }
 
-fn replay(state: &AppState, actor: &str, key: &str, stored: StoredResponse, request_hash: &[u8; 32]) -> Result<Response, ApiError> {
+fn replay(
+    state: &AppState,
+    actor: &str,
+    key: &str,
+    stored: StoredResponse,
+    request_hash: &[u8; 32],
+) -> Result<Response, ApiError> {
     if &stored.request_hash != request_hash {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -82,7 +88,9 @@ fn replay(state: &AppState, actor: &str, key: &str, stored: StoredResponse, requ
             "This Idempotency-Key was already used with a different request; use a new key for a new request.",
         ));
     }
-    let body = state.vault.open_sealed(&stored.sealed_body, &seal_context(actor, key))?;
+    let body = state
+        .vault
+        .open_sealed(&stored.sealed_body, &seal_context(actor, key))?;
     let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
     let mut r = json_response(status, body.to_vec());
     r.headers_mut()

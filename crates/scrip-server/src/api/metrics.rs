@@ -12,7 +12,9 @@ use axum::response::{IntoResponse, Response};
 use super::AppState;
 
 /// Upper bounds of the latency histogram buckets, in seconds.
-const BUCKETS_SECS: [f64; 10] = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0];
+const BUCKETS_SECS: [f64; 10] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
+];
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 pub const CHARGE_OUTCOMES: [&str; 4] = ["succeeded", "requires_capture", "declined", "refused"];
 
@@ -51,7 +53,10 @@ impl Metrics {
 
     pub fn exposition(&self) -> String {
         let mut out = String::new();
-        let _ = writeln!(out, "# HELP scrip_http_requests_total HTTP requests answered, by status class.");
+        let _ = writeln!(
+            out,
+            "# HELP scrip_http_requests_total HTTP requests answered, by status class."
+        );
         let _ = writeln!(out, "# TYPE scrip_http_requests_total counter");
         for (i, class) in STATUS_CLASSES.iter().enumerate() {
             let _ = writeln!(
@@ -60,7 +65,10 @@ impl Metrics {
                 self.requests_by_class[i].load(Ordering::Relaxed)
             );
         }
-        let _ = writeln!(out, "# HELP scrip_http_request_duration_seconds Time to answer a request.");
+        let _ = writeln!(
+            out,
+            "# HELP scrip_http_request_duration_seconds Time to answer a request."
+        );
         let _ = writeln!(out, "# TYPE scrip_http_request_duration_seconds histogram");
         for (i, bound) in BUCKETS_SECS.iter().enumerate() {
             let _ = writeln!(
@@ -70,11 +78,17 @@ impl Metrics {
             );
         }
         let count = self.latency_count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "scrip_http_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            out,
+            "scrip_http_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
         let sum = self.latency_sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
         let _ = writeln!(out, "scrip_http_request_duration_seconds_sum {sum}");
         let _ = writeln!(out, "scrip_http_request_duration_seconds_count {count}");
-        let _ = writeln!(out, "# HELP scrip_charges_total Charge attempts, by outcome.");
+        let _ = writeln!(
+            out,
+            "# HELP scrip_charges_total Charge attempts, by outcome."
+        );
         let _ = writeln!(out, "# TYPE scrip_charges_total counter");
         for (i, outcome) in CHARGE_OUTCOMES.iter().enumerate() {
             let _ = writeln!(

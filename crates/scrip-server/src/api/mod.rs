@@ -47,7 +47,10 @@ pub struct AppState {
 /// The whole API as a router, so tests can drive it without a socket.
 pub fn app(state: AppState) -> Router {
     let mut v1 = Router::new()
-        .route("/customers", post(admin::create_customer).get(admin::list_customers))
+        .route(
+            "/customers",
+            post(admin::create_customer).get(admin::list_customers),
+        )
         .route("/customers/{id}", get(admin::get_customer))
         .route(
             "/customers/{id}/credentials",
@@ -55,26 +58,44 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/credentials/{id}", get(admin::get_credential))
         .route("/credentials/{id}/revoke", post(admin::revoke_credential))
-        .route("/providers", post(admin::create_provider).get(admin::list_providers))
+        .route(
+            "/providers",
+            post(admin::create_provider).get(admin::list_providers),
+        )
         .route("/providers/{id}", get(admin::get_provider))
-        .route("/providers/{id}/roll_secret", post(admin::roll_provider_secret))
+        .route(
+            "/providers/{id}/roll_secret",
+            post(admin::roll_provider_secret),
+        )
         .route(
             "/payment_methods",
             post(vault::create_payment_method).get(vault::list_payment_methods),
         )
         .route("/payment_methods/{id}", get(vault::get_payment_method))
-        .route("/payment_methods/{id}/detach", post(vault::detach_payment_method))
-        .route("/tokens", post(tokens::create_token).get(tokens::list_tokens))
+        .route(
+            "/payment_methods/{id}/detach",
+            post(vault::detach_payment_method),
+        )
+        .route(
+            "/tokens",
+            post(tokens::create_token).get(tokens::list_tokens),
+        )
         .route("/tokens/self", get(tokens::token_self))
         .route("/tokens/{id}", get(tokens::get_token))
         .route("/tokens/{id}/revoke", post(tokens::revoke_token))
         .route("/tokens/{id}/suspend", post(tokens::suspend_token))
         .route("/tokens/{id}/resume", post(tokens::resume_token))
-        .route("/charges", post(charges::create_charge).get(charges::list_charges))
+        .route(
+            "/charges",
+            post(charges::create_charge).get(charges::list_charges),
+        )
         .route("/charges/{id}", get(charges::get_charge))
         .route("/charges/{id}/capture", post(charges::capture_charge))
         .route("/charges/{id}/cancel", post(charges::cancel_charge))
-        .route("/refunds", post(charges::create_refund).get(charges::list_refunds))
+        .route(
+            "/refunds",
+            post(charges::create_refund).get(charges::list_refunds),
+        )
         .route("/refunds/{id}", get(charges::get_refund));
     if state.clock.is_test() {
         v1 = v1.route("/test_helpers/advance_clock", post(admin::advance_clock));
@@ -86,7 +107,9 @@ pub fn app(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), observe))
-        .layer(tower::limit::ConcurrencyLimitLayer::new(limits::IN_FLIGHT_REQUESTS_MAX))
+        .layer(tower::limit::ConcurrencyLimitLayer::new(
+            limits::IN_FLIGHT_REQUESTS_MAX,
+        ))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
             ApiError::internal().into_response()
         }))
@@ -106,7 +129,11 @@ async fn not_found(req: Request) -> ApiError {
         StatusCode::NOT_FOUND,
         error::INVALID_REQUEST,
         "resource_missing",
-        format!("Unrecognized request URL ({} {}).", req.method(), error::redact_digits(&path)),
+        format!(
+            "Unrecognized request URL ({} {}).",
+            req.method(),
+            error::redact_digits(&path)
+        ),
     )
 }
 
@@ -125,10 +152,13 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
     let started = Instant::now();
     let request_id = crate::secrets::new_id("req");
     let method = req.method().clone();
-    let path: String = error::redact_digits(&req.uri().path().chars().take(200).collect::<String>());
+    let path: String =
+        error::redact_digits(&req.uri().path().chars().take(200).collect::<String>());
     let mut response = next.run(req).await;
     let elapsed = started.elapsed();
-    state.metrics.observe_request(response.status().as_u16(), elapsed);
+    state
+        .metrics
+        .observe_request(response.status().as_u16(), elapsed);
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("request-id", v);
     }
@@ -164,7 +194,11 @@ pub fn require_admin(caller: &Principal) -> Result<(), ApiError> {
 }
 
 /// Optional free text: bounded length, no NUL bytes.
-pub fn text(value: Option<String>, param: &str, len_max: usize) -> Result<Option<String>, ApiError> {
+pub fn text(
+    value: Option<String>,
+    param: &str,
+    len_max: usize,
+) -> Result<Option<String>, ApiError> {
     match value {
         None => Ok(None),
         Some(v) if v.chars().count() > len_max => Err(ApiError::invalid(
@@ -195,7 +229,10 @@ pub fn metadata(value: Option<Metadata>) -> Result<Metadata, ApiError> {
         return Err(ApiError::invalid(
             "parameter_invalid",
             "metadata",
-            format!("metadata can have at most {} keys.", limits::METADATA_KEYS_MAX),
+            format!(
+                "metadata can have at most {} keys.",
+                limits::METADATA_KEYS_MAX
+            ),
         ));
     }
     for (k, v) in &m {

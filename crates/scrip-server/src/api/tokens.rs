@@ -39,9 +39,9 @@ pub struct CreateToken {
 }
 
 pub fn parse_currency(value: &str, param: &str) -> Result<Currency, ApiError> {
-    value.parse::<Currency>().map_err(|e| {
-        ApiError::invalid("currency_unsupported", param, e.to_string())
-    })
+    value
+        .parse::<Currency>()
+        .map_err(|e| ApiError::invalid("currency_unsupported", param, e.to_string()))
 }
 
 pub async fn create_token(
@@ -66,16 +66,25 @@ pub async fn create_token(
         ApiError::invalid(
             "amount_invalid",
             "cap.amount",
-            format!("cap.amount must be a whole number of minor units from 1 to {}.", limits::CAP_AMOUNT_MAX),
+            format!(
+                "cap.amount must be a whole number of minor units from 1 to {}.",
+                limits::CAP_AMOUNT_MAX
+            ),
         )
     })?;
-    let period = b.cap.period.parse::<Period>().map_err(|e| {
-        ApiError::invalid("parameter_invalid", "cap.period", e.to_string())
-    })?;
+    let period = b
+        .cap
+        .period
+        .parse::<Period>()
+        .map_err(|e| ApiError::invalid("parameter_invalid", "cap.period", e.to_string()))?;
     let usage = match b.usage.as_deref() {
         None => Usage::MultiUse,
         Some(u) => u.parse::<Usage>().map_err(|()| {
-            ApiError::invalid("parameter_invalid", "usage", "usage must be multi_use or single_use.")
+            ApiError::invalid(
+                "parameter_invalid",
+                "usage",
+                "usage must be multi_use or single_use.",
+            )
         })?,
     };
     if let Some(max) = b.max_per_charge {
@@ -152,7 +161,10 @@ pub async fn get_token(
     Id(id): Id,
 ) -> Result<Response, ApiError> {
     let scope = token_scope(&caller)?;
-    let d = state.store.token(&id, scope.as_deref(), state.clock.now()).await?;
+    let d = state
+        .store
+        .token(&id, scope.as_deref(), state.clock.now())
+        .await?;
     Ok(ok_json(&views::token(&d, None)))
 }
 
@@ -176,7 +188,9 @@ pub async fn list_tokens(
     };
     let customer_id = match (scope, q.filters.get("customer")) {
         (Some(own), Some(named)) if own != *named => {
-            return Err(ApiError::forbidden("This credential acts for one customer only."))
+            return Err(ApiError::forbidden(
+                "This credential acts for one customer only.",
+            ))
         }
         (Some(own), _) => Some(own),
         (None, named) => named.cloned(),
@@ -186,8 +200,13 @@ pub async fn list_tokens(
         provider_id: q.filters.get("provider").cloned(),
         status,
     };
-    let page = state.store.tokens(filter, q.page, state.clock.now()).await?;
-    Ok(ok_json(&views::list(&page, uri.path(), |d| views::token(d, None))))
+    let page = state
+        .store
+        .tokens(filter, q.page, state.clock.now())
+        .await?;
+    Ok(ok_json(&views::list(&page, uri.path(), |d| {
+        views::token(d, None)
+    })))
 }
 
 async fn change(
@@ -207,7 +226,11 @@ async fn change(
         body.idempotency_key,
         body.request_hash,
         |d: &TokenDetails| to_json(&views::token(d, None)),
-        |idem| async move { Ok(store.change_token(&id, scope.as_deref(), change, now, idem).await?) },
+        |idem| async move {
+            Ok(store
+                .change_token(&id, scope.as_deref(), change, now, idem)
+                .await?)
+        },
     )
     .await
 }
@@ -240,12 +263,18 @@ pub async fn resume_token(
 }
 
 /// What the agent holding the token may know about it.
-pub async fn token_self(State(state): State<AppState>, Caller(caller): Caller) -> Result<Response, ApiError> {
+pub async fn token_self(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+) -> Result<Response, ApiError> {
     let Principal::Token { token_id } = caller else {
         return Err(ApiError::forbidden(
             "Send the payment token itself (scrip_pt_…) as the bearer secret.",
         ));
     };
-    let d = state.store.token(&token_id, None, state.clock.now()).await?;
+    let d = state
+        .store
+        .token(&token_id, None, state.clock.now())
+        .await?;
     Ok(ok_json(&views::token_self(&d)))
 }

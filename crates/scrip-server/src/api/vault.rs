@@ -70,8 +70,13 @@ pub async fn create_payment_method(
     let today = OffsetDateTime::from_unix_timestamp(now)
         .unwrap_or(OffsetDateTime::UNIX_EPOCH)
         .date();
-    check_expiry(input.card.exp_month, input.card.exp_year, today.year(), u8::from(today.month()))
-        .map_err(ApiError::card)?;
+    check_expiry(
+        input.card.exp_month,
+        input.card.exp_year,
+        today.year(),
+        u8::from(today.month()),
+    )
+    .map_err(ApiError::card)?;
     if !state.network.verify_cvc(&number, &cvc).await {
         return Err(ApiError::card(scrip_core::card::CardError::IncorrectCvc));
     }
@@ -131,8 +136,15 @@ pub async fn list_payment_methods(
 ) -> Result<Response, ApiError> {
     let q = ListQuery::parse(query.as_deref(), &["customer"])?;
     let scope = customer_scope(&caller, q.filters.get("customer").map(String::as_str))?;
-    let page = state.store.payment_methods(scope.as_deref(), q.page).await?;
-    Ok(ok_json(&views::list(&page, uri.path(), views::payment_method)))
+    let page = state
+        .store
+        .payment_methods(scope.as_deref(), q.page)
+        .await?;
+    Ok(ok_json(&views::list(
+        &page,
+        uri.path(),
+        views::payment_method,
+    )))
 }
 
 pub async fn detach_payment_method(

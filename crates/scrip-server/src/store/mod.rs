@@ -113,7 +113,11 @@ pub trait Store: Send + Sync + 'static {
         idem: Option<IdemWrite<Credential>>,
     ) -> StoreResult<Credential>;
     async fn credential(&self, id: &str) -> StoreResult<Credential>;
-    async fn credentials(&self, customer_id: &str, page: PageRequest) -> StoreResult<Page<Credential>>;
+    async fn credentials(
+        &self,
+        customer_id: &str,
+        page: PageRequest,
+    ) -> StoreResult<Page<Credential>>;
     /// Revokes a credential and, through it, every token it issued, in O(1).
     async fn revoke_credential(
         &self,
@@ -144,7 +148,11 @@ pub trait Store: Send + Sync + 'static {
         idem: Option<IdemWrite<PaymentMethod>>,
     ) -> StoreResult<PaymentMethod>;
     /// `customer_id` limits the lookup to one customer's methods.
-    async fn payment_method(&self, id: &str, customer_id: Option<&str>) -> StoreResult<PaymentMethod>;
+    async fn payment_method(
+        &self,
+        id: &str,
+        customer_id: Option<&str>,
+    ) -> StoreResult<PaymentMethod>;
     async fn payment_methods(
         &self,
         customer_id: Option<&str>,
@@ -168,7 +176,12 @@ pub trait Store: Send + Sync + 'static {
         now: UnixSecs,
         idem: Option<IdemWrite<TokenDetails>>,
     ) -> StoreResult<TokenDetails>;
-    async fn token(&self, id: &str, customer_id: Option<&str>, now: UnixSecs) -> StoreResult<TokenDetails>;
+    async fn token(
+        &self,
+        id: &str,
+        customer_id: Option<&str>,
+        now: UnixSecs,
+    ) -> StoreResult<TokenDetails>;
     async fn tokens(
         &self,
         filter: TokenFilter,
@@ -188,7 +201,11 @@ pub trait Store: Send + Sync + 'static {
     // --- charges and refunds --------------------------------------------------
     /// What the charge path needs before asking the network, or `None` for
     /// an unknown token.
-    async fn charge_context(&self, token: SecretHash, now: UnixSecs) -> StoreResult<Option<ChargeContext>>;
+    async fn charge_context(
+        &self,
+        token: SecretHash,
+        now: UnixSecs,
+    ) -> StoreResult<Option<ChargeContext>>;
     /// Revokes a token presented by the wrong provider (it has leaked).
     async fn revoke_token_for_misuse(&self, token_id: &str, now: UnixSecs) -> StoreResult<()>;
     /// Decides the charge again against the current spend of the token and
@@ -219,11 +236,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Charge>;
     async fn create_refund(
         &self,
-        refund_id: &str,
-        charge_id: &str,
+        new: NewRefund,
         provider_id: Option<&str>,
-        amount: Option<i64>,
-        metadata: Metadata,
         now: UnixSecs,
         idem: Option<IdemWrite<Refund>>,
     ) -> StoreResult<Refund>;

@@ -193,6 +193,15 @@ pub struct NewCharge {
     pub network_reference: String,
 }
 
+/// A refund asked for: `amount: None` refunds all not yet refunded.
+#[derive(Clone, Debug)]
+pub struct NewRefund {
+    pub id: String,
+    pub charge_id: String,
+    pub amount: Option<i64>,
+    pub metadata: Metadata,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Refund {
     pub id: String,

@@ -16,7 +16,9 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use scrip_core::limits;
 use scrip_core::money::{CapAmount, Currency};
 use scrip_core::period::Period;
-use scrip_core::token::{self, ChargeRequest, Link, Scope, Spend, Standing, Status, StoredStatus, Usage};
+use scrip_core::token::{
+    self, ChargeRequest, Link, Scope, Spend, Standing, Status, StoredStatus, Usage,
+};
 use scrip_core::UnixSecs;
 use tokio::sync::oneshot;
 
@@ -110,7 +112,9 @@ pub struct SqliteStore {
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteStore").field("path", &self.path).finish()
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
@@ -268,7 +272,10 @@ fn writer_loop(conn: Connection, queue: Receiver<Job>) {
         let replies: Vec<_> = group.into_iter().map(|job| job(&conn)).collect();
         let committed = began && conn.execute_batch("COMMIT").is_ok();
         if began && !committed {
-            tracing::error!(operations = replies.len(), "group commit failed; rolling back");
+            tracing::error!(
+                operations = replies.len(),
+                "group commit failed; rolling back"
+            );
             let _ = conn.execute_batch("ROLLBACK");
         }
         for reply in replies {
@@ -277,7 +284,10 @@ fn writer_loop(conn: Connection, queue: Receiver<Job>) {
     }
 }
 
-fn in_savepoint<T>(conn: &Connection, op: impl FnOnce(&Connection) -> StoreResult<T>) -> StoreResult<T> {
+fn in_savepoint<T>(
+    conn: &Connection,
+    op: impl FnOnce(&Connection) -> StoreResult<T>,
+) -> StoreResult<T> {
     conn.execute_batch("SAVEPOINT op")?;
     match op(conn) {
         Ok(v) => {
@@ -374,7 +384,8 @@ fn provider_row(r: &Row<'_>) -> rusqlite::Result<Provider> {
     })
 }
 
-const PM_COLS: &str = "id, customer_id, active, brand, last4, exp_month, exp_year, fingerprint, created";
+const PM_COLS: &str =
+    "id, customer_id, active, brand, last4, exp_month, exp_year, fingerprint, created";
 fn pm_row(r: &Row<'_>) -> rusqlite::Result<PaymentMethod> {
     Ok(PaymentMethod {
         id: r.get(0)?,
@@ -391,7 +402,8 @@ fn pm_row(r: &Row<'_>) -> rusqlite::Result<PaymentMethod> {
 
 /// Token columns, then the credential's and payment method's standing and
 /// the provider's name, from `TOKEN_FROM`.
-const TOKEN_COLS: &str = "t.id, t.customer_id, t.credential_id, t.payment_method_id, t.provider_id, \
+const TOKEN_COLS: &str =
+    "t.id, t.customer_id, t.credential_id, t.payment_method_id, t.provider_id, \
      t.currency, t.cap_amount, t.cap_period, t.usage, t.max_per_charge, t.expires_at, t.parent_id, \
      t.status, t.metadata, t.created, c.active, pm.active, p.name";
 const TOKEN_FROM: &str = "tokens t JOIN credentials c ON c.id = t.credential_id \
@@ -418,7 +430,9 @@ fn token_row(r: &Row<'_>) -> rusqlite::Result<TokenRow> {
             provider_id: r.get(4)?,
             currency: currency_col(r, 5)?,
             cap: CapAmount::new(cap).ok_or_else(|| bad_row("cap_amount"))?,
-            period: period.parse::<Period>().map_err(|_| bad_row("cap_period"))?,
+            period: period
+                .parse::<Period>()
+                .map_err(|_| bad_row("cap_period"))?,
             usage: usage.parse::<Usage>().map_err(|_| bad_row("usage"))?,
             max_per_charge: r.get(9)?,
             expires_at: r.get(10)?,
@@ -497,18 +511,62 @@ fn not_found(resource: &'static str, id: &str) -> StoreError {
 
 // --- pagination ------------------------------------------------------------------
 
-/// One page, newest first. `conditions` are ANDed SQL fragments whose
-/// `?` placeholders take `args` in order; `table` must have `seq` and `id`.
+/// What a list selects: columns, from where (the first table aliased, with
+/// `seq` and `id`), and ANDed conditions whose `?` placeholders take `args`
+/// in order.
+struct ListSql {
+    select: &'static str,
+    table: &'static str,
+    resource: &'static str,
+    conditions: Vec<String>,
+    args: Vec<rusqlite::types::Value>,
+}
+
+impl ListSql {
+    fn new(select: &'static str, table: &'static str, resource: &'static str) -> ListSql {
+        ListSql {
+            select,
+            table,
+            resource,
+            conditions: Vec::new(),
+            args: Vec::new(),
+        }
+    }
+
+    /// Adds a condition that takes no argument.
+    fn condition(mut self, condition: &str) -> ListSql {
+        self.conditions.push(condition.to_owned());
+        self
+    }
+
+    /// Adds a condition with one `?` argument, if the value is given.
+    fn filter(
+        mut self,
+        condition: &str,
+        value: Option<impl Into<rusqlite::types::Value>>,
+    ) -> ListSql {
+        if let Some(v) = value {
+            self.conditions.push(condition.to_owned());
+            self.args.push(v.into());
+        }
+        self
+    }
+}
+
+/// One page, newest first.
 fn page<T>(
     conn: &Connection,
-    select: &str,
-    table: &str,
-    mut conditions: Vec<String>,
-    mut args: Vec<rusqlite::types::Value>,
+    list: ListSql,
     page: &PageRequest,
-    resource: &'static str,
     map: impl Fn(&Row<'_>) -> rusqlite::Result<T>,
 ) -> StoreResult<Page<T>> {
+    let ListSql {
+        select,
+        table,
+        resource,
+        mut conditions,
+        mut args,
+    } = list;
     let alias = table.split_whitespace().nth(1).unwrap_or(table);
     if let Some(cursor) = &page.starting_after {
         let mut where_all = conditions.clone();
@@ -548,14 +606,18 @@ fn page<T>(
 
 fn load_token(conn: &Connection, id: &str) -> StoreResult<Option<TokenRow>> {
     Ok(conn
-        .prepare_cached(&format!("SELECT {TOKEN_COLS} FROM {TOKEN_FROM} WHERE t.id = ?1"))?
+        .prepare_cached(&format!(
+            "SELECT {TOKEN_COLS} FROM {TOKEN_FROM} WHERE t.id = ?1"
+        ))?
         .query_row([id], token_row)
         .optional()?)
 }
 
 fn spend_at(conn: &Connection, token_id: &str, period_start: UnixSecs) -> StoreResult<Spend> {
     Ok(conn
-        .prepare_cached("SELECT captured, pending FROM token_spend WHERE token_id = ?1 AND period_start = ?2")?
+        .prepare_cached(
+            "SELECT captured, pending FROM token_spend WHERE token_id = ?1 AND period_start = ?2",
+        )?
         .query_row(params![token_id, period_start], |r| {
             Ok(Spend {
                 captured: r.get(0)?,
@@ -586,7 +648,9 @@ fn load_chain(conn: &Connection, token_id: &str, now: UnixSecs) -> StoreResult<V
         // Bounded: a chain can never be longer than the tokens there are,
         // and derivation depth is limited when tokens are derived.
         if chain.len() > 64 {
-            return Err(StoreError::Database(format!("token {token_id} has a parent cycle")));
+            return Err(StoreError::Database(format!(
+                "token {token_id} has a parent cycle"
+            )));
         }
         let Some(row) = load_token(conn, &id)? else {
             return Err(not_found("payment_token", &id));
@@ -617,7 +681,9 @@ fn adjust_spend(
     while let Some(id) = next.take() {
         depth += 1;
         if depth > 65 {
-            return Err(StoreError::Database(format!("token {token_id} has a parent cycle")));
+            return Err(StoreError::Database(format!(
+                "token {token_id} has a parent cycle"
+            )));
         }
         let (period, created, parent): (String, i64, Option<String>) = conn
             .prepare_cached("SELECT cap_period, created, parent_id FROM tokens WHERE id = ?1")?
@@ -806,7 +872,9 @@ impl Store for SqliteStore {
             Ok(match role.as_str() {
                 "orchestrator" => {
                     let row: Option<(String, bool)> = conn
-                        .prepare_cached("SELECT customer_id, active FROM credentials WHERE id = ?1")?
+                        .prepare_cached(
+                            "SELECT customer_id, active FROM credentials WHERE id = ?1",
+                        )?
                         .query_row([&object_id], |r| Ok((r.get(0)?, r.get(1)?)))
                         .optional()?;
                     match row {
@@ -817,8 +885,12 @@ impl Store for SqliteStore {
                         _ => None,
                     }
                 }
-                "provider" => Some(Principal::Provider { provider_id: object_id }),
-                "token" => Some(Principal::Token { token_id: object_id }),
+                "provider" => Some(Principal::Provider {
+                    provider_id: object_id,
+                }),
+                "token" => Some(Principal::Token {
+                    token_id: object_id,
+                }),
                 _ => None,
             })
         })
@@ -903,17 +975,24 @@ impl Store for SqliteStore {
     async fn customer(&self, id: &str) -> StoreResult<Customer> {
         let id = id.to_owned();
         self.read(move |conn| {
-            conn.prepare_cached(&format!("SELECT {CUSTOMER_COLS} FROM customers WHERE id = ?1"))?
-                .query_row([&id], customer_row)
-                .optional()?
-                .ok_or_else(|| not_found("customer", &id))
+            conn.prepare_cached(&format!(
+                "SELECT {CUSTOMER_COLS} FROM customers WHERE id = ?1"
+            ))?
+            .query_row([&id], customer_row)
+            .optional()?
+            .ok_or_else(|| not_found("customer", &id))
         })
         .await
     }
 
     async fn customers(&self, req: PageRequest) -> StoreResult<Page<Customer>> {
         self.read(move |conn| {
-            page(conn, CUSTOMER_COLS, "customers c", vec![], vec![], &req, "customer", customer_row)
+            page(
+                conn,
+                ListSql::new(CUSTOMER_COLS, "customers c", "customer"),
+                &req,
+                customer_row,
+            )
         })
         .await
     }
@@ -954,27 +1033,26 @@ impl Store for SqliteStore {
     async fn credential(&self, id: &str) -> StoreResult<Credential> {
         let id = id.to_owned();
         self.read(move |conn| {
-            conn.prepare_cached(&format!("SELECT {CREDENTIAL_COLS} FROM credentials WHERE id = ?1"))?
-                .query_row([&id], credential_row)
-                .optional()?
-                .ok_or_else(|| not_found("credential", &id))
+            conn.prepare_cached(&format!(
+                "SELECT {CREDENTIAL_COLS} FROM credentials WHERE id = ?1"
+            ))?
+            .query_row([&id], credential_row)
+            .optional()?
+            .ok_or_else(|| not_found("credential", &id))
         })
         .await
     }
 
-    async fn credentials(&self, customer_id: &str, req: PageRequest) -> StoreResult<Page<Credential>> {
+    async fn credentials(
+        &self,
+        customer_id: &str,
+        req: PageRequest,
+    ) -> StoreResult<Page<Credential>> {
         let customer_id = customer_id.to_owned();
         self.read(move |conn| {
-            page(
-                conn,
-                CREDENTIAL_COLS,
-                "credentials c",
-                vec!["c.customer_id = ?".into()],
-                vec![customer_id.into()],
-                &req,
-                "credential",
-                credential_row,
-            )
+            let list = ListSql::new(CREDENTIAL_COLS, "credentials c", "credential")
+                .filter("c.customer_id = ?", Some(customer_id));
+            page(conn, list, &req, credential_row)
         })
         .await
     }
@@ -1023,8 +1101,10 @@ impl Store for SqliteStore {
                     metadata_to(&provider.metadata),
                     provider.created
                 ])?;
-                conn.prepare_cached("INSERT INTO api_secrets (hash, role, object_id) VALUES (?1, 'provider', ?2)")?
-                    .execute(params![&secret.0[..], provider.id])?;
+                conn.prepare_cached(
+                    "INSERT INTO api_secrets (hash, role, object_id) VALUES (?1, 'provider', ?2)",
+                )?
+                .execute(params![&secret.0[..], provider.id])?;
                 Ok(provider)
             },
             idem,
@@ -1035,17 +1115,24 @@ impl Store for SqliteStore {
     async fn provider(&self, id: &str) -> StoreResult<Provider> {
         let id = id.to_owned();
         self.read(move |conn| {
-            conn.prepare_cached(&format!("SELECT {PROVIDER_COLS} FROM providers WHERE id = ?1"))?
-                .query_row([&id], provider_row)
-                .optional()?
-                .ok_or_else(|| not_found("provider", &id))
+            conn.prepare_cached(&format!(
+                "SELECT {PROVIDER_COLS} FROM providers WHERE id = ?1"
+            ))?
+            .query_row([&id], provider_row)
+            .optional()?
+            .ok_or_else(|| not_found("provider", &id))
         })
         .await
     }
 
     async fn providers(&self, req: PageRequest) -> StoreResult<Page<Provider>> {
         self.read(move |conn| {
-            page(conn, PROVIDER_COLS, "providers p", vec![], vec![], &req, "provider", provider_row)
+            page(
+                conn,
+                ListSql::new(PROVIDER_COLS, "providers p", "provider"),
+                &req,
+                provider_row,
+            )
         })
         .await
     }
@@ -1060,14 +1147,20 @@ impl Store for SqliteStore {
         self.write(
             move |conn| {
                 let provider = conn
-                    .prepare_cached(&format!("SELECT {PROVIDER_COLS} FROM providers WHERE id = ?1"))?
+                    .prepare_cached(&format!(
+                        "SELECT {PROVIDER_COLS} FROM providers WHERE id = ?1"
+                    ))?
                     .query_row([&id], provider_row)
                     .optional()?
                     .ok_or_else(|| not_found("provider", &id))?;
-                conn.prepare_cached("DELETE FROM api_secrets WHERE object_id = ?1 AND role = 'provider'")?
-                    .execute([&id])?;
-                conn.prepare_cached("INSERT INTO api_secrets (hash, role, object_id) VALUES (?1, 'provider', ?2)")?
-                    .execute(params![&secret.0[..], id])?;
+                conn.prepare_cached(
+                    "DELETE FROM api_secrets WHERE object_id = ?1 AND role = 'provider'",
+                )?
+                .execute([&id])?;
+                conn.prepare_cached(
+                    "INSERT INTO api_secrets (hash, role, object_id) VALUES (?1, 'provider', ?2)",
+                )?
+                .execute(params![&secret.0[..], id])?;
                 Ok(provider)
             },
             idem,
@@ -1115,12 +1208,18 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn payment_method(&self, id: &str, customer_id: Option<&str>) -> StoreResult<PaymentMethod> {
+    async fn payment_method(
+        &self,
+        id: &str,
+        customer_id: Option<&str>,
+    ) -> StoreResult<PaymentMethod> {
         let id = id.to_owned();
         let customer_id = customer_id.map(str::to_owned);
         self.read(move |conn| {
             let pm = conn
-                .prepare_cached(&format!("SELECT {PM_COLS} FROM payment_methods WHERE id = ?1"))?
+                .prepare_cached(&format!(
+                    "SELECT {PM_COLS} FROM payment_methods WHERE id = ?1"
+                ))?
                 .query_row([&id], pm_row)
                 .optional()?;
             match pm {
@@ -1138,20 +1237,9 @@ impl Store for SqliteStore {
     ) -> StoreResult<Page<PaymentMethod>> {
         let customer_id = customer_id.map(str::to_owned);
         self.read(move |conn| {
-            let (conditions, args) = match customer_id {
-                Some(c) => (vec!["pm.customer_id = ?".to_owned()], vec![c.into()]),
-                None => (vec![], vec![]),
-            };
-            page(
-                conn,
-                PM_COLS,
-                "payment_methods pm",
-                conditions,
-                args,
-                &req,
-                "payment_method",
-                pm_row,
-            )
+            let list = ListSql::new(PM_COLS, "payment_methods pm", "payment_method")
+                .filter("pm.customer_id = ?", customer_id);
+            page(conn, list, &req, pm_row)
         })
         .await
     }
@@ -1254,11 +1342,20 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn token(&self, id: &str, customer_id: Option<&str>, now: UnixSecs) -> StoreResult<TokenDetails> {
+    async fn token(
+        &self,
+        id: &str,
+        customer_id: Option<&str>,
+        now: UnixSecs,
+    ) -> StoreResult<TokenDetails> {
         let id = id.to_owned();
         let customer_id = customer_id.map(str::to_owned);
         self.read(move |conn| match load_token(conn, &id)? {
-            Some(row) if customer_id.as_ref().is_none_or(|c| *c == row.token.customer_id) => {
+            Some(row)
+                if customer_id
+                    .as_ref()
+                    .is_none_or(|c| *c == row.token.customer_id) =>
+            {
                 details(conn, row, now)
             }
             _ => Err(not_found("payment_token", &id)),
@@ -1273,31 +1370,30 @@ impl Store for SqliteStore {
         now: UnixSecs,
     ) -> StoreResult<Page<TokenDetails>> {
         self.read(move |conn| {
-            let mut conditions: Vec<String> = Vec::new();
-            let mut args: Vec<rusqlite::types::Value> = Vec::new();
-            if let Some(c) = filter.customer_id {
-                conditions.push("t.customer_id = ?".into());
-                args.push(c.into());
-            }
-            if let Some(p) = filter.provider_id {
-                conditions.push("t.provider_id = ?".into());
-                args.push(p.into());
-            }
+            let mut list = ListSql::new(TOKEN_COLS, TOKEN_FROM, "payment_token")
+                .filter("t.customer_id = ?", filter.customer_id)
+                .filter("t.provider_id = ?", filter.provider_id);
             if let Some(status) = filter.status {
                 // The same precedence as `token::effective_status`.
-                let (sql, uses_now) = match status {
-                    Status::Revoked => ("(t.status = 'revoked' OR c.active = 0)", false),
-                    Status::Exhausted => ("(t.status = 'exhausted' AND c.active = 1)", false),
-                    Status::Suspended => ("(t.status = 'suspended' AND c.active = 1)", false),
-                    Status::Expired => ("(t.status = 'active' AND c.active = 1 AND t.expires_at <= ?)", true),
-                    Status::Active => ("(t.status = 'active' AND c.active = 1 AND t.expires_at > ?)", true),
+                list = match status {
+                    Status::Revoked => list.condition("(t.status = 'revoked' OR c.active = 0)"),
+                    Status::Exhausted => {
+                        list.condition("(t.status = 'exhausted' AND c.active = 1)")
+                    }
+                    Status::Suspended => {
+                        list.condition("(t.status = 'suspended' AND c.active = 1)")
+                    }
+                    Status::Expired => list.filter(
+                        "(t.status = 'active' AND c.active = 1 AND t.expires_at <= ?)",
+                        Some(now),
+                    ),
+                    Status::Active => list.filter(
+                        "(t.status = 'active' AND c.active = 1 AND t.expires_at > ?)",
+                        Some(now),
+                    ),
                 };
-                conditions.push(sql.into());
-                if uses_now {
-                    args.push(now.into());
-                }
             }
-            let rows = page(conn, TOKEN_COLS, TOKEN_FROM, conditions, args, &req, "payment_token", token_row)?;
+            let rows = page(conn, list, &req, token_row)?;
             let data = rows
                 .data
                 .into_iter()
@@ -1359,22 +1455,30 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn charge_context(&self, token: SecretHash, now: UnixSecs) -> StoreResult<Option<ChargeContext>> {
+    async fn charge_context(
+        &self,
+        token: SecretHash,
+        now: UnixSecs,
+    ) -> StoreResult<Option<ChargeContext>> {
         self.read(move |conn| {
             let token_id: Option<String> = conn
-                .prepare_cached("SELECT object_id FROM api_secrets WHERE hash = ?1 AND role = 'token'")?
+                .prepare_cached(
+                    "SELECT object_id FROM api_secrets WHERE hash = ?1 AND role = 'token'",
+                )?
                 .query_row([&token.0[..]], |r| r.get(0))
                 .optional()?;
             let Some(token_id) = token_id else {
                 return Ok(None);
             };
             let chain = load_chain(conn, &token_id, now)?;
-            let (payment_method_id, key_id, nonce, ciphertext): (String, String, Vec<u8>, Vec<u8>) = conn
-                .prepare_cached(
+            let (payment_method_id, key_id, nonce, ciphertext): (String, String, Vec<u8>, Vec<u8>) =
+                conn.prepare_cached(
                     "SELECT pm.id, pm.key_id, pm.nonce, pm.ciphertext FROM tokens t
                      JOIN payment_methods pm ON pm.id = t.payment_method_id WHERE t.id = ?1",
                 )?
-                .query_row([&token_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+                .query_row([&token_id], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })?;
             Ok(Some(ChargeContext {
                 token_id,
                 payment_method_id,
@@ -1391,8 +1495,11 @@ impl Store for SqliteStore {
 
     async fn revoke_token_for_misuse(&self, token_id: &str, now: UnixSecs) -> StoreResult<()> {
         let token_id = token_id.to_owned();
-        self.write(move |conn| revoke_with_descendants(conn, &token_id, now), None)
-            .await
+        self.write(
+            move |conn| revoke_with_descendants(conn, &token_id, now),
+            None,
+        )
+        .await
     }
 
     async fn create_charge(
@@ -1496,19 +1603,11 @@ impl Store for SqliteStore {
 
     async fn charges(&self, filter: ChargeFilter, req: PageRequest) -> StoreResult<Page<Charge>> {
         self.read(move |conn| {
-            let mut conditions: Vec<String> = Vec::new();
-            let mut args: Vec<rusqlite::types::Value> = Vec::new();
-            for (column, value) in [
-                ("ch.provider_id", filter.provider_id),
-                ("ch.customer_id", filter.customer_id),
-                ("ch.token_id", filter.token_id),
-            ] {
-                if let Some(v) = value {
-                    conditions.push(format!("{column} = ?"));
-                    args.push(v.into());
-                }
-            }
-            page(conn, CHARGE_COLS, "charges ch", conditions, args, &req, "charge", charge_row)
+            let list = ListSql::new(CHARGE_COLS, "charges ch", "charge")
+                .filter("ch.provider_id = ?", filter.provider_id)
+                .filter("ch.customer_id = ?", filter.customer_id)
+                .filter("ch.token_id = ?", filter.token_id);
+            page(conn, list, &req, charge_row)
         })
         .await
     }
@@ -1590,7 +1689,8 @@ impl Store for SqliteStore {
                 match charge.status {
                     ChargeStatus::Succeeded => Err(StoreError::Conflict {
                         code: "charge_already_captured",
-                        message: "This charge has been captured; refund it instead of canceling.".into(),
+                        message: "This charge has been captured; refund it instead of canceling."
+                            .into(),
                     }),
                     ChargeStatus::Canceled => Err(StoreError::Conflict {
                         code: "charge_not_capturable",
@@ -1609,20 +1709,15 @@ impl Store for SqliteStore {
 
     async fn create_refund(
         &self,
-        refund_id: &str,
-        charge_id: &str,
+        new: NewRefund,
         provider_id: Option<&str>,
-        amount: Option<i64>,
-        metadata: Metadata,
         now: UnixSecs,
         idem: Option<IdemWrite<Refund>>,
     ) -> StoreResult<Refund> {
-        let refund_id = refund_id.to_owned();
-        let charge_id = charge_id.to_owned();
         let provider_id = provider_id.map(str::to_owned);
         self.write(
             move |conn| {
-                let charge = load_charge(conn, &charge_id, provider_id.as_deref())?;
+                let charge = load_charge(conn, &new.charge_id, provider_id.as_deref())?;
                 if charge.status != ChargeStatus::Succeeded {
                     return Err(StoreError::Conflict {
                         code: "charge_not_captured",
@@ -1636,7 +1731,7 @@ impl Store for SqliteStore {
                         message: "This charge has already been refunded in full.".into(),
                     });
                 }
-                let amount = amount.unwrap_or(refundable);
+                let amount = new.amount.unwrap_or(refundable);
                 if amount > refundable {
                     return Err(StoreError::Conflict {
                         code: "charge_already_refunded",
@@ -1653,12 +1748,12 @@ impl Store for SqliteStore {
                 // refund of last month's charge does not raise this month's cap.
                 adjust_spend(conn, &charge.token_id, charge.created, -amount, 0)?;
                 let refund = Refund {
-                    id: refund_id,
+                    id: new.id,
                     charge_id: charge.id,
                     provider_id: charge.provider_id,
                     amount,
                     currency: charge.currency,
-                    metadata,
+                    metadata: new.metadata,
                     created: now,
                 };
                 conn.prepare_cached(
@@ -1706,15 +1801,10 @@ impl Store for SqliteStore {
         let provider_id = provider_id.map(str::to_owned);
         let charge_id = charge_id.map(str::to_owned);
         self.read(move |conn| {
-            let mut conditions: Vec<String> = Vec::new();
-            let mut args: Vec<rusqlite::types::Value> = Vec::new();
-            for (column, value) in [("r.provider_id", provider_id), ("r.charge_id", charge_id)] {
-                if let Some(v) = value {
-                    conditions.push(format!("{column} = ?"));
-                    args.push(v.into());
-                }
-            }
-            page(conn, REFUND_COLS, "refunds r", conditions, args, &req, "refund", refund_row)
+            let list = ListSql::new(REFUND_COLS, "refunds r", "refund")
+                .filter("r.provider_id = ?", provider_id)
+                .filter("r.charge_id = ?", charge_id);
+            page(conn, list, &req, refund_row)
         })
         .await
     }

@@ -11,7 +11,9 @@ use crate::helpers::*;
 async fn fifty_parallel_charges_exactly_cap_over_amount_succeed() {
     let w = Arc::new(World::new().await);
     // Cap 10,000 and 400 a charge: exactly 25 of 50 fit.
-    let (id, token) = w.token(json!({ "cap": { "amount": 10000, "period": "month" } })).await;
+    let (id, token) = w
+        .token(json!({ "cap": { "amount": 10000, "period": "month" } }))
+        .await;
     let mut tasks = Vec::new();
     for _ in 0..50 {
         let w = w.clone();
@@ -31,14 +33,20 @@ async fn fifty_parallel_charges_exactly_cap_over_amount_succeed() {
     let spend = w.spend(&id).await;
     assert_eq!(spend["captured"], 10000);
     assert_eq!(spend["remaining"], 0);
-    let charges = w.app.get("/v1/charges?limit=100", &w.provider_secret).await.ok();
+    let charges = w
+        .app
+        .get("/v1/charges?limit=100", &w.provider_secret)
+        .await
+        .ok();
     assert_eq!(charges["data"].as_array().unwrap().len(), 25);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn mixed_amounts_and_holds_never_exceed_the_cap() {
     let w = Arc::new(World::new().await);
-    let (id, token) = w.token(json!({ "cap": { "amount": 5000, "period": "day" } })).await;
+    let (id, token) = w
+        .token(json!({ "cap": { "amount": 5000, "period": "day" } }))
+        .await;
     let mut tasks = Vec::new();
     for i in 0..60i64 {
         let w = w.clone();
@@ -75,7 +83,9 @@ async fn one_idempotency_key_raced_has_one_effect() {
         let token = token.clone();
         tasks.push(tokio::spawn(async move {
             let body = json!({ "token": token, "amount": 250, "currency": "usd" });
-            w.app.post_idem("/v1/charges", &w.provider_secret, body, "same-key").await
+            w.app
+                .post_idem("/v1/charges", &w.provider_secret, body, "same-key")
+                .await
         }));
     }
     let mut ids = std::collections::HashSet::new();

@@ -38,7 +38,11 @@ impl Resp {
     }
     #[track_caller]
     pub fn ok(self) -> Value {
-        assert_eq!(self.status, 200, "expected 200, got {}: {}", self.status, self.body);
+        assert_eq!(
+            self.status, 200,
+            "expected 200, got {}: {}",
+            self.status, self.body
+        );
         self.body
     }
     /// Asserts the status and the error type and code.
@@ -51,7 +55,11 @@ impl Resp {
             self.body
         );
         let message = self.body["error"]["message"].as_str().unwrap_or("");
-        assert!(message.len() > 10, "an error needs a sentence: {}", self.body);
+        assert!(
+            message.len() > 10,
+            "an error needs a sentence: {}",
+            self.body
+        );
     }
 }
 
@@ -88,7 +96,14 @@ impl TestApp {
         self.dir
     }
 
-    pub async fn send(&self, method: Method, path: &str, secret: &str, body: Option<Value>, key: Option<&str>) -> Resp {
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        secret: &str,
+        body: Option<Value>,
+        key: Option<&str>,
+    ) -> Resp {
         let client = if secret.is_empty() {
             self.client.clone()
         } else {
@@ -106,11 +121,13 @@ impl TestApp {
     }
 
     pub async fn post(&self, path: &str, secret: &str, body: Value) -> Resp {
-        self.send(Method::POST, path, secret, Some(body), None).await
+        self.send(Method::POST, path, secret, Some(body), None)
+            .await
     }
 
     pub async fn post_idem(&self, path: &str, secret: &str, body: Value, key: &str) -> Resp {
-        self.send(Method::POST, path, secret, Some(body), Some(key)).await
+        self.send(Method::POST, path, secret, Some(body), Some(key))
+            .await
     }
 
     pub async fn get(&self, path: &str, secret: &str) -> Resp {
@@ -119,7 +136,11 @@ impl TestApp {
 
     pub async fn advance(&self, seconds: i64) -> i64 {
         let r = self
-            .post("/v1/test_helpers/advance_clock", ADMIN, json!({ "seconds": seconds }))
+            .post(
+                "/v1/test_helpers/advance_clock",
+                ADMIN,
+                json!({ "seconds": seconds }),
+            )
             .await
             .ok();
         r["now"].as_i64().expect("now")
@@ -128,12 +149,20 @@ impl TestApp {
     /// A customer with an orchestrator credential: (customer, credential, secret).
     pub async fn orchestrator(&self) -> (String, String, String) {
         let c = self
-            .post("/v1/customers", ADMIN, json!({ "email": "ada@example.com", "name": "Ada" }))
+            .post(
+                "/v1/customers",
+                ADMIN,
+                json!({ "email": "ada@example.com", "name": "Ada" }),
+            )
             .await
             .ok();
         let cus = c["id"].as_str().expect("id").to_owned();
         let cred = self
-            .post(&format!("/v1/customers/{cus}/credentials"), ADMIN, json!({ "name": "laptop" }))
+            .post(
+                &format!("/v1/customers/{cus}/credentials"),
+                ADMIN,
+                json!({ "name": "laptop" }),
+            )
             .await
             .ok();
         (
@@ -145,7 +174,10 @@ impl TestApp {
 
     /// A provider: (id, secret).
     pub async fn provider(&self, name: &str) -> (String, String) {
-        let p = self.post("/v1/providers", ADMIN, json!({ "name": name })).await.ok();
+        let p = self
+            .post("/v1/providers", ADMIN, json!({ "name": name }))
+            .await
+            .ok();
         (
             p["id"].as_str().expect("id").to_owned(),
             p["secret"].as_str().expect("secret").to_owned(),
@@ -153,7 +185,11 @@ impl TestApp {
     }
 
     pub async fn card(&self, orch: &str, number: &str) -> String {
-        let cvc = if number.starts_with("37") { "1234" } else { "123" };
+        let cvc = if number.starts_with("37") {
+            "1234"
+        } else {
+            "123"
+        };
         self.post(
             "/v1/payment_methods",
             orch,
@@ -168,7 +204,13 @@ impl TestApp {
 
     /// Issues a token; `extra` fields override the defaults
     /// (usd, 10000/month). Returns (token id, token secret).
-    pub async fn token(&self, orch: &str, pm: &str, provider: &str, extra: Value) -> (String, String) {
+    pub async fn token(
+        &self,
+        orch: &str,
+        pm: &str,
+        provider: &str,
+        extra: Value,
+    ) -> (String, String) {
         let mut body = json!({
             "payment_method": pm, "provider": provider, "currency": "usd",
             "cap": { "amount": 10000, "period": "month" },
@@ -224,7 +266,9 @@ impl World {
     }
 
     pub async fn token(&self, extra: Value) -> (String, String) {
-        self.app.token(&self.orch, &self.pm, &self.provider, extra).await
+        self.app
+            .token(&self.orch, &self.pm, &self.provider, extra)
+            .await
     }
 
     pub async fn charge(&self, token: &str, amount: i64) -> Resp {
@@ -232,7 +276,11 @@ impl World {
     }
 
     pub async fn spend(&self, token_id: &str) -> Value {
-        self.app.get(&format!("/v1/tokens/{token_id}"), &self.orch).await.ok()["spend"].clone()
+        self.app
+            .get(&format!("/v1/tokens/{token_id}"), &self.orch)
+            .await
+            .ok()["spend"]
+            .clone()
     }
 }
 
@@ -254,7 +302,9 @@ pub fn all_bytes_under(dir: &std::path::Path) -> Vec<(PathBuf, Vec<u8>)> {
 }
 
 pub fn contains(haystack: &[u8], needle: &str) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
 }
 
 /// The `scrip serve` binary as a separate process, for tests that kill it.
@@ -268,9 +318,17 @@ pub struct Proc {
 impl Proc {
     /// Starts `scrip serve` on a free port. `admin_key: None` lets the
     /// server generate one; stderr (the log) goes to `log`.
-    pub async fn spawn(data_dir: &std::path::Path, admin_key: Option<&str>, log: &std::path::Path) -> Proc {
+    pub async fn spawn(
+        data_dir: &std::path::Path,
+        admin_key: Option<&str>,
+        log: &std::path::Path,
+    ) -> Proc {
         use tokio::io::AsyncBufReadExt;
-        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("log file");
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_scrip"));
         cmd.arg("serve")
             .arg("--listen")
@@ -317,7 +375,13 @@ impl Proc {
         scrip_client::Client::new(self.url.clone())
     }
 
-    pub async fn send(&self, method: Method, path: &str, secret: &str, body: Option<Value>) -> Resp {
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        secret: &str,
+        body: Option<Value>,
+    ) -> Resp {
         let r = self
             .client()
             .with_secret(secret)

@@ -22,16 +22,39 @@ async fn no_card_number_or_secret_at_rest_or_in_logs() {
 
     let amex = "378282246310005";
     let cvc = "7391";
-    let cus = p.send(Method::POST, "/v1/customers", &admin, Some(json!({}))).await.ok();
+    let cus = p
+        .send(Method::POST, "/v1/customers", &admin, Some(json!({})))
+        .await
+        .ok();
     let cred = p
-        .send(Method::POST, &format!("/v1/customers/{}/credentials", cus["id"].as_str().unwrap()), &admin, Some(json!({})))
+        .send(
+            Method::POST,
+            &format!("/v1/customers/{}/credentials", cus["id"].as_str().unwrap()),
+            &admin,
+            Some(json!({})),
+        )
         .await
         .ok();
     let orch = cred["secret"].as_str().unwrap().to_owned();
-    let prov = p.send(Method::POST, "/v1/providers", &admin, Some(json!({ "name": "P" }))).await.ok();
+    let prov = p
+        .send(
+            Method::POST,
+            "/v1/providers",
+            &admin,
+            Some(json!({ "name": "P" })),
+        )
+        .await
+        .ok();
     let prov_secret = prov["secret"].as_str().unwrap().to_owned();
     let pm = p
-        .send(Method::POST, "/v1/payment_methods", &orch, Some(json!({ "card": { "number": amex, "exp_month": 1, "exp_year": 2040, "cvc": cvc } })))
+        .send(
+            Method::POST,
+            "/v1/payment_methods",
+            &orch,
+            Some(
+                json!({ "card": { "number": amex, "exp_month": 1, "exp_year": 2040, "cvc": cvc } }),
+            ),
+        )
         .await
         .ok();
     assert!(!pm.to_string().contains(amex));
@@ -41,11 +64,24 @@ async fn no_card_number_or_secret_at_rest_or_in_logs() {
         json!({ "card": { "number": "4242424242424241", "exp_month": 1, "exp_year": 2040, "cvc": "123" } }),
         json!({ VISA: 1 }),
     ] {
-        let r = p.send(Method::POST, "/v1/payment_methods", &orch, Some(body)).await;
+        let r = p
+            .send(Method::POST, "/v1/payment_methods", &orch, Some(body))
+            .await;
         assert!(r.status >= 400 && r.status < 500);
-        assert!(!r.body.to_string().contains(VISA) && !r.body.to_string().contains("4242424242424241"), "{}", r.body);
+        assert!(
+            !r.body.to_string().contains(VISA) && !r.body.to_string().contains("4242424242424241"),
+            "{}",
+            r.body
+        );
     }
-    let r = p.send(Method::GET, &format!("/v1/payment_methods/{VISA}"), &orch, None).await;
+    let r = p
+        .send(
+            Method::GET,
+            &format!("/v1/payment_methods/{VISA}"),
+            &orch,
+            None,
+        )
+        .await;
     assert_eq!(r.status, 404);
     assert!(!r.body.to_string().contains(VISA));
     // A token created under an idempotency key: its stored response must be sealed.
@@ -58,15 +94,32 @@ async fn no_card_number_or_secret_at_rest_or_in_logs() {
         .unwrap();
     assert_eq!(r.status, 200);
     let token = r.body["token"].as_str().unwrap().to_owned();
-    p.send(Method::POST, "/v1/charges", &prov_secret, Some(json!({ "token": token, "amount": 100, "currency": "usd" })))
-        .await
-        .ok();
+    p.send(
+        Method::POST,
+        "/v1/charges",
+        &prov_secret,
+        Some(json!({ "token": token, "amount": 100, "currency": "usd" })),
+    )
+    .await
+    .ok();
     let status = p.terminate().await;
     assert!(status.success());
 
-    let secrets = [amex, cvc, VISA, "4242424242424241", admin.as_str(), orch.as_str(), prov_secret.as_str(), token.as_str()];
+    let secrets = [
+        amex,
+        cvc,
+        VISA,
+        "4242424242424241",
+        admin.as_str(),
+        orch.as_str(),
+        prov_secret.as_str(),
+        token.as_str(),
+    ];
     let files = all_bytes_under(&data);
-    assert!(files.iter().any(|(p, _)| p.ends_with("scrip.db")), "the database is there to scan");
+    assert!(
+        files.iter().any(|(p, _)| p.ends_with("scrip.db")),
+        "the database is there to scan"
+    );
     for (path, bytes) in &files {
         for s in secrets {
             assert!(!contains(bytes, s), "{} holds {s} in clear", path.display());
@@ -76,7 +129,10 @@ async fn no_card_number_or_secret_at_rest_or_in_logs() {
         }
     }
     let log_text = std::fs::read_to_string(&log).unwrap();
-    assert!(log_text.contains("request"), "the log was written at debug level");
+    assert!(
+        log_text.contains("request"),
+        "the log was written at debug level"
+    );
     for s in secrets {
         assert!(!log_text.contains(s), "the log holds {s}");
     }
