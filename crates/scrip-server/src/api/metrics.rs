@@ -102,7 +102,21 @@ impl Metrics {
 }
 
 pub async fn render(State(state): State<AppState>) -> Response {
-    let mut r = state.metrics.exposition().into_response();
+    let mut text = state.metrics.exposition();
+    let w = state.store.write_stats();
+    let _ = writeln!(
+        text,
+        "# HELP scrip_store_write_groups_total Write transactions committed (one fsync each)."
+    );
+    let _ = writeln!(text, "# TYPE scrip_store_write_groups_total counter");
+    let _ = writeln!(text, "scrip_store_write_groups_total {}", w.groups);
+    let _ = writeln!(
+        text,
+        "# HELP scrip_store_write_operations_total Operations run inside committed write groups."
+    );
+    let _ = writeln!(text, "# TYPE scrip_store_write_operations_total counter");
+    let _ = writeln!(text, "scrip_store_write_operations_total {}", w.operations);
+    let mut r = text.into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4"),

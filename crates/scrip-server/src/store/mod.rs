@@ -74,10 +74,20 @@ pub enum TokenChange {
     Resume,
 }
 
+/// Counters of the write path, for `/metrics` and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriteStats {
+    /// Transactions committed (each one fsync).
+    pub groups: u64,
+    /// Operations committed inside them.
+    pub operations: u64,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     // --- boot and operations -------------------------------------------
     async fn health(&self) -> StoreResult<()>;
+    fn write_stats(&self) -> WriteStats;
     async fn data_keys(&self) -> StoreResult<Vec<WrappedKey>>;
     async fn insert_data_keys(&self, keys: Vec<WrappedKey>) -> StoreResult<()>;
     async fn admin_key_hash(&self) -> StoreResult<Option<SecretHash>>;

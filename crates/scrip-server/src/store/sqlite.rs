@@ -8,6 +8,7 @@
 //! never wait for the writer (WAL readers see the last committed state).
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 
@@ -23,7 +24,7 @@ use scrip_core::UnixSecs;
 use tokio::sync::oneshot;
 
 use super::model::*;
-use super::{IdemWrite, Store, StoreError, StoreResult, TokenChange};
+use super::{IdemWrite, Store, StoreError, StoreResult, TokenChange, WriteStats};
 use crate::secrets::SecretHash;
 use crate::vault::{Sealed, WrappedKey};
 
@@ -105,6 +106,7 @@ type Job = Box<dyn FnOnce(&Connection) -> Box<dyn FnOnce(bool) + Send> + Send>;
 
 pub struct SqliteStore {
     path: PathBuf,
+    stats: Arc<WriterStats>,
     jobs: SyncSender<Job>,
     readers: Arc<Mutex<Vec<Connection>>>,
     read_slots: Arc<tokio::sync::Semaphore>,
@@ -136,12 +138,15 @@ impl SqliteStore {
         let mut writer = open_connection(path)?;
         migrate(&mut writer)?;
         let (jobs, queue) = sync_channel::<Job>(limits::WRITER_QUEUE_MAX);
+        let stats = Arc::new(WriterStats::default());
+        let writer_stats = stats.clone();
         std::thread::Builder::new()
             .name("scrip-sqlite-writer".into())
-            .spawn(move || writer_loop(writer, queue))
+            .spawn(move || writer_loop(writer, queue, &writer_stats))
             .map_err(|e| StoreError::Database(format!("cannot start the writer thread: {e}")))?;
         Ok(SqliteStore {
             path: path.to_owned(),
+            stats,
             jobs,
             readers: Arc::new(Mutex::new(Vec::new())),
             read_slots: Arc::new(tokio::sync::Semaphore::new(limits::READ_CONNECTIONS_MAX)),
@@ -256,7 +261,13 @@ fn migrate(conn: &mut Connection) -> StoreResult<()> {
     Ok(())
 }
 
-fn writer_loop(conn: Connection, queue: Receiver<Job>) {
+#[derive(Debug, Default)]
+struct WriterStats {
+    groups: AtomicU64,
+    operations: AtomicU64,
+}
+
+fn writer_loop(conn: Connection, queue: Receiver<Job>, stats: &WriterStats) {
     while let Ok(first) = queue.recv() {
         let mut group = vec![first];
         while group.len() < limits::WRITER_BATCH_MAX {
@@ -277,6 +288,12 @@ fn writer_loop(conn: Connection, queue: Receiver<Job>) {
                 "group commit failed; rolling back"
             );
             let _ = conn.execute_batch("ROLLBACK");
+        }
+        if committed {
+            stats.groups.fetch_add(1, Ordering::Relaxed);
+            stats
+                .operations
+                .fetch_add(replies.len() as u64, Ordering::Relaxed);
         }
         for reply in replies {
             reply(committed);
@@ -777,6 +794,13 @@ fn get_meta(conn: &Connection, key: &str) -> StoreResult<Option<Vec<u8>>> {
 
 #[async_trait]
 impl Store for SqliteStore {
+    fn write_stats(&self) -> WriteStats {
+        WriteStats {
+            groups: self.stats.groups.load(Ordering::Relaxed),
+            operations: self.stats.operations.load(Ordering::Relaxed),
+        }
+    }
+
     async fn health(&self) -> StoreResult<()> {
         self.read(|conn| {
             conn.query_row("SELECT 1", [], |_| Ok(()))?;
@@ -1827,5 +1851,126 @@ impl Store for SqliteStore {
             None,
         )
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn customer(id: &str) -> Customer {
+        Customer {
+            id: id.to_owned(),
+            email: None,
+            name: None,
+            metadata: Metadata::new(),
+            created: 1,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_failed_operation_in_a_group_leaves_the_others_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(&dir.path().join("db")).unwrap());
+        store
+            .create_customer(customer("cus_taken"), None)
+            .await
+            .unwrap();
+        let before = store.write_stats();
+        let mut tasks = Vec::new();
+        for i in 0..200 {
+            let store = store.clone();
+            // Every tenth collides with an existing id and must fail alone.
+            let id = if i % 10 == 0 {
+                "cus_taken".to_owned()
+            } else {
+                format!("cus_{i}")
+            };
+            tasks.push(tokio::spawn(async move {
+                store.create_customer(customer(&id), None).await
+            }));
+        }
+        let mut failed = 0;
+        for t in tasks {
+            if t.await.unwrap().is_err() {
+                failed += 1;
+            }
+        }
+        assert_eq!(failed, 20);
+        let all = store
+            .customers(PageRequest {
+                limit: 100,
+                starting_after: None,
+            })
+            .await
+            .unwrap();
+        assert_eq!(all.data.len(), 100);
+        let mut count = 0;
+        let mut cursor = None;
+        loop {
+            let page = store
+                .customers(PageRequest {
+                    limit: 100,
+                    starting_after: cursor.clone(),
+                })
+                .await
+                .unwrap();
+            count += page.data.len();
+            cursor = page.data.last().map(|c| c.id.clone());
+            if !page.has_more {
+                break;
+            }
+        }
+        assert_eq!(count, 181, "180 new customers and the first");
+        let after = store.write_stats();
+        assert_eq!(
+            after.operations - before.operations,
+            200,
+            "every operation ran inside a committed group (the failed ones rolled back to their savepoint)"
+        );
+        assert!(
+            after.groups - before.groups < 200,
+            "concurrent writes share commits: {} groups for 200 operations",
+            after.groups - before.groups
+        );
+    }
+
+    #[tokio::test]
+    async fn reopening_applies_no_migration_twice_and_refuses_a_newer_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        {
+            let store = SqliteStore::open(&path).unwrap();
+            store
+                .create_customer(customer("cus_1"), None)
+                .await
+                .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(store.customer("cus_1").await.unwrap().id, "cus_1");
+        drop(store);
+        let conn = Connection::open(&path).unwrap();
+        conn.execute(
+            "INSERT INTO schema_migrations (version, applied) VALUES (999, 0)",
+            [],
+        )
+        .unwrap();
+        drop(conn);
+        let err = SqliteStore::open(&path).unwrap_err().to_string();
+        assert!(err.contains("newer than this binary"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn pragmas_make_commits_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open_connection(&dir.path().join("db")).unwrap();
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        let sync: i64 = conn
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        assert_eq!(sync, 2, "synchronous=FULL");
     }
 }
