@@ -9,7 +9,6 @@ use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use scrip_core::limits;
 use serde::de::DeserializeOwned;
-use sha2::{Digest, Sha256};
 
 use super::error::{ApiError, INVALID_REQUEST};
 use super::AppState;
@@ -79,7 +78,7 @@ impl<T: DeserializeOwned> JsonBody<T> {
 impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, _state: &AppState) -> Result<JsonBody<T>, ApiError> {
+    async fn from_request(req: Request, state: &AppState) -> Result<JsonBody<T>, ApiError> {
         let idempotency_key = idempotency_key(req.headers())?;
         let method = req.method().as_str().to_owned();
         let path = req.uri().path().to_owned();
@@ -93,14 +92,10 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
                     format!("The request body exceeds {} bytes.", limits::BODY_BYTES_MAX),
                 )
             })?;
-        let request_hash: [u8; 32] = Sha256::new()
-            .chain_update(method.as_bytes())
-            .chain_update([0])
-            .chain_update(path.as_bytes())
-            .chain_update([0])
-            .chain_update(&bytes)
-            .finalize()
-            .into();
+        let request_hash =
+            state
+                .vault
+                .request_digest(&[method.as_bytes(), path.as_bytes(), &bytes])?;
         Ok(JsonBody {
             bytes,
             idempotency_key,
@@ -209,7 +204,10 @@ fn json_error(path: &str, e: &serde_json::Error) -> ApiError {
                 // in the wrong type, say): keep only what was expected.
                 let head = message.split(" at line ").next().unwrap_or("");
                 let sentence = match head.find("expected ") {
-                    Some(i) => format!("Invalid value for {param}: {}.", &head[i..]),
+                    Some(i) => format!(
+                        "Invalid value for {param}: {}.",
+                        plain_type_names(&head[i..])
+                    ),
                     None => format!("Invalid value for {param}."),
                 };
                 let sentence: String = sentence.chars().take(200).collect();
@@ -217,6 +215,21 @@ fn json_error(path: &str, e: &serde_json::Error) -> ApiError {
             }
         }
     }
+}
+
+/// serde names Rust types ("expected i64"); clients deserve JSON words.
+fn plain_type_names(text: &str) -> String {
+    [
+        ("i64", "a whole number"),
+        ("u64", "a whole number"),
+        ("u32", "a whole number"),
+        ("a boolean", "true or false"),
+        ("a map", "an object"),
+        ("a sequence", "an array"),
+        ("struct ", "an object "),
+    ]
+    .iter()
+    .fold(text.to_owned(), |acc, (from, to)| acc.replace(from, to))
 }
 
 /// An object id from the path: anything that cannot be one of ours is a

@@ -431,3 +431,30 @@ async fn health_and_metrics_answer_without_auth() {
     );
     assert!(m.contains("scrip_http_requests_total{class=\"2xx\"}"));
 }
+
+#[tokio::test]
+async fn the_test_clock_exists_only_in_test_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = scrip_server::server::start(scrip_server::server::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.path().to_owned(),
+        test_clock: false,
+        admin_key: Some(ADMIN.to_owned()),
+        master_key: None,
+    })
+    .await
+    .unwrap();
+    let client = scrip_client::Client::new(format!("http://{}", running.addr)).with_secret(ADMIN);
+    let r = client
+        .send(
+            reqwest::Method::POST,
+            "/v1/test_helpers/advance_clock",
+            Some(&json!({ "seconds": 60 })),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 404);
+    assert_eq!(r.body["error"]["code"], "resource_missing");
+    running.shutdown().await.unwrap();
+}
