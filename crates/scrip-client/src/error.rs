@@ -78,9 +78,18 @@ impl ApiError {
             },
             (kind, code) => ApiError {
                 status,
-                kind: kind.unwrap_or_else(|| if status >= 500 { "api_error" } else { "http_error" }.to_owned()),
+                kind: kind.unwrap_or_else(|| {
+                    if status >= 500 {
+                        "api_error"
+                    } else {
+                        "http_error"
+                    }
+                    .to_owned()
+                }),
                 code: code.unwrap_or_else(|| format!("http_{status}")),
-                message: field("message").unwrap_or_else(|| format!("The server answered HTTP {status} without an error object.")),
+                message: field("message").unwrap_or_else(|| {
+                    format!("The server answered HTTP {status} without an error object.")
+                }),
                 param: None,
                 decline_code: None,
             },
@@ -101,7 +110,10 @@ mod tests {
         assert_eq!(e.code, "token_revoked");
         assert_eq!(e.param.as_deref(), Some("token"));
         assert_eq!(e.decline_code, None);
-        assert_eq!(Error::Api(e).to_string(), "Revoked. (token_error/token_revoked)");
+        assert_eq!(
+            Error::Api(e).to_string(),
+            "Revoked. (token_error/token_revoked)"
+        );
     }
 
     #[test]

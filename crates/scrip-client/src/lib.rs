@@ -34,8 +34,8 @@ use serde_json::Value;
 pub use error::{ApiError, Error};
 pub use params::{CardParams, ChargeParams, CustomerParams, TokenParams};
 pub use types::{
-    Cap, Card, Charge, ChargeCard, Credential, Customer, List, PaymentMethod, PaymentMethodDetails, PaymentToken,
-    Metadata, Provider, ProviderRef, Refund, Spend, TokenSelf,
+    Cap, Card, Charge, ChargeCard, Credential, Customer, List, Metadata, PaymentMethod,
+    PaymentMethodDetails, PaymentToken, Provider, ProviderRef, Refund, Spend, TokenSelf,
 };
 
 /// Re-exported so callers of [`Client::send`] need not depend on reqwest.
@@ -153,8 +153,9 @@ impl Client {
         let url = format!("{}{}", self.base_url, path);
         let mut request = self.http.request(method, &url);
         if let Some(secret) = &self.secret {
-            let mut value = HeaderValue::from_str(&format!("Bearer {secret}"))
-                .map_err(|_| Error::Transport("the secret contains characters a header cannot carry".to_owned()))?;
+            let mut value = HeaderValue::from_str(&format!("Bearer {secret}")).map_err(|_| {
+                Error::Transport("the secret contains characters a header cannot carry".to_owned())
+            })?;
             value.set_sensitive(true);
             request = request.header(AUTHORIZATION, value);
         }
@@ -162,15 +163,22 @@ impl Client {
             request = request.header("Idempotency-Key", key);
         }
         if let Some(body) = body {
-            let bytes = serde_json::to_vec(body).map_err(|e| Error::Decode(format!("cannot encode the request: {e}")))?;
+            let bytes = serde_json::to_vec(body)
+                .map_err(|e| Error::Decode(format!("cannot encode the request: {e}")))?;
             request = request
                 .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
                 .body(bytes);
         }
-        let response = request.send().await.map_err(|e| Error::Transport(transport_message(&e)))?;
+        let response = request
+            .send()
+            .await
+            .map_err(|e| Error::Transport(transport_message(&e)))?;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
-        let bytes = response.bytes().await.map_err(|e| Error::Transport(transport_message(&e)))?;
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| Error::Transport(transport_message(&e)))?;
         if let Some(observer) = &self.observer {
             observer(&bytes);
         }
@@ -179,7 +187,11 @@ impl Client {
         } else {
             serde_json::from_slice(&bytes).unwrap_or(Value::Null)
         };
-        Ok(RawResponse { status, headers, body })
+        Ok(RawResponse {
+            status,
+            headers,
+            body,
+        })
     }
 
     /// Sends a request and decodes a 2xx body as `T`; any other status is
@@ -201,7 +213,11 @@ impl Client {
         self.call::<T, Value>(Method::GET, path, None).await
     }
 
-    async fn post<T: DeserializeOwned, B: Serialize + ?Sized>(&self, path: &str, body: &B) -> Result<T, Error> {
+    async fn post<T: DeserializeOwned, B: Serialize + ?Sized>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, Error> {
         self.call(Method::POST, path, Some(body)).await
     }
 
@@ -220,18 +236,26 @@ impl Client {
         self.get(&format!("/v1/customers/{}", encode(id))).await
     }
 
-    pub async fn create_credential(&self, customer_id: &str, name: Option<&str>) -> Result<Credential, Error> {
+    pub async fn create_credential(
+        &self,
+        customer_id: &str,
+        name: Option<&str>,
+    ) -> Result<Credential, Error> {
         #[derive(Serialize)]
         struct Body<'a> {
             #[serde(skip_serializing_if = "Option::is_none")]
             name: Option<&'a str>,
         }
-        self.post(&format!("/v1/customers/{}/credentials", encode(customer_id)), &Body { name })
-            .await
+        self.post(
+            &format!("/v1/customers/{}/credentials", encode(customer_id)),
+            &Body { name },
+        )
+        .await
     }
 
     pub async fn revoke_credential(&self, id: &str) -> Result<Credential, Error> {
-        self.post(&format!("/v1/credentials/{}/revoke", encode(id)), &empty()).await
+        self.post(&format!("/v1/credentials/{}/revoke", encode(id)), &empty())
+            .await
     }
 
     pub async fn create_provider(&self, name: &str) -> Result<Provider, Error> {
@@ -243,13 +267,20 @@ impl Client {
     }
 
     pub async fn roll_provider_secret(&self, id: &str) -> Result<Provider, Error> {
-        self.post(&format!("/v1/providers/{}/roll_secret", encode(id)), &empty()).await
+        self.post(
+            &format!("/v1/providers/{}/roll_secret", encode(id)),
+            &empty(),
+        )
+        .await
     }
 
     /// `POST /v1/test_helpers/advance_clock` (test mode, admin).
     pub async fn advance_clock(&self, seconds: i64) -> Result<Value, Error> {
-        self.post("/v1/test_helpers/advance_clock", &serde_json::json!({ "seconds": seconds }))
-            .await
+        self.post(
+            "/v1/test_helpers/advance_clock",
+            &serde_json::json!({ "seconds": seconds }),
+        )
+        .await
     }
 
     // --- vault ---------------------------------------------------------------
@@ -258,17 +289,28 @@ impl Client {
         self.post("/v1/payment_methods", &params.body()).await
     }
 
-    pub async fn list_payment_methods(&self, limit: Option<u32>) -> Result<List<PaymentMethod>, Error> {
-        self.get(&with_query("/v1/payment_methods", &[("limit", limit.map(|l| l.to_string()))]))
-            .await
+    pub async fn list_payment_methods(
+        &self,
+        limit: Option<u32>,
+    ) -> Result<List<PaymentMethod>, Error> {
+        self.get(&with_query(
+            "/v1/payment_methods",
+            &[("limit", limit.map(|l| l.to_string()))],
+        ))
+        .await
     }
 
     pub async fn get_payment_method(&self, id: &str) -> Result<PaymentMethod, Error> {
-        self.get(&format!("/v1/payment_methods/{}", encode(id))).await
+        self.get(&format!("/v1/payment_methods/{}", encode(id)))
+            .await
     }
 
     pub async fn detach_payment_method(&self, id: &str) -> Result<PaymentMethod, Error> {
-        self.post(&format!("/v1/payment_methods/{}/detach", encode(id)), &empty()).await
+        self.post(
+            &format!("/v1/payment_methods/{}/detach", encode(id)),
+            &empty(),
+        )
+        .await
     }
 
     // --- tokens --------------------------------------------------------------
@@ -281,7 +323,11 @@ impl Client {
         self.get(&format!("/v1/tokens/{}", encode(id))).await
     }
 
-    pub async fn list_tokens(&self, status: Option<&str>, limit: Option<u32>) -> Result<List<PaymentToken>, Error> {
+    pub async fn list_tokens(
+        &self,
+        status: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<List<PaymentToken>, Error> {
         let path = with_query(
             "/v1/tokens",
             &[
@@ -293,7 +339,8 @@ impl Client {
     }
 
     pub async fn revoke_token(&self, id: &str) -> Result<PaymentToken, Error> {
-        self.post(&format!("/v1/tokens/{}/revoke", encode(id)), &empty()).await
+        self.post(&format!("/v1/tokens/{}/revoke", encode(id)), &empty())
+            .await
     }
 
     /// `GET /v1/tokens/self`: the bearer secret must be the `scrip_pt_…`
@@ -309,12 +356,16 @@ impl Client {
     }
 
     pub async fn capture_charge(&self, id: &str, amount: Option<i64>) -> Result<Charge, Error> {
-        self.post(&format!("/v1/charges/{}/capture", encode(id)), &AmountBody { amount })
-            .await
+        self.post(
+            &format!("/v1/charges/{}/capture", encode(id)),
+            &AmountBody { amount },
+        )
+        .await
     }
 
     pub async fn cancel_charge(&self, id: &str) -> Result<Charge, Error> {
-        self.post(&format!("/v1/charges/{}/cancel", encode(id)), &empty()).await
+        self.post(&format!("/v1/charges/{}/cancel", encode(id)), &empty())
+            .await
     }
 
     pub async fn get_charge(&self, id: &str) -> Result<Charge, Error> {
@@ -322,11 +373,18 @@ impl Client {
     }
 
     pub async fn list_charges(&self, limit: Option<u32>) -> Result<List<Charge>, Error> {
-        self.get(&with_query("/v1/charges", &[("limit", limit.map(|l| l.to_string()))]))
-            .await
+        self.get(&with_query(
+            "/v1/charges",
+            &[("limit", limit.map(|l| l.to_string()))],
+        ))
+        .await
     }
 
-    pub async fn create_refund(&self, charge_id: &str, amount: Option<i64>) -> Result<Refund, Error> {
+    pub async fn create_refund(
+        &self,
+        charge_id: &str,
+        amount: Option<i64>,
+    ) -> Result<Refund, Error> {
         #[derive(Serialize)]
         struct Body<'a> {
             charge: &'a str,
@@ -409,9 +467,18 @@ mod tests {
 
     #[test]
     fn builds_queries_from_set_pairs_only() {
-        assert_eq!(with_query("/v1/tokens", &[("status", None), ("limit", None)]), "/v1/tokens");
         assert_eq!(
-            with_query("/v1/tokens", &[("status", Some("active".into())), ("limit", Some("5".into()))]),
+            with_query("/v1/tokens", &[("status", None), ("limit", None)]),
+            "/v1/tokens"
+        );
+        assert_eq!(
+            with_query(
+                "/v1/tokens",
+                &[
+                    ("status", Some("active".into())),
+                    ("limit", Some("5".into()))
+                ]
+            ),
             "/v1/tokens?status=active&limit=5"
         );
     }

@@ -188,6 +188,9 @@ mod tests {
             email: String::new(),
             name: "Ada".into(),
         };
-        assert_eq!(serde_json::to_value(&customer).unwrap_or_default(), json!({"name": "Ada"}));
+        assert_eq!(
+            serde_json::to_value(&customer).unwrap_or_default(),
+            json!({"name": "Ada"})
+        );
     }
 }

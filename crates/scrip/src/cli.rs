@@ -1,22 +1,1012 @@
-//! Client subcommands for each role (being written).
+//! Client subcommands for each role: the operator (`customers`,
+//! `credentials`, `providers`), the orchestrator (`cards`, `tokens`), the
+//! provider (`charges`, `refunds`) and the agent (`tokens inspect-self`).
+//!
+//! Every command takes the same connection options (`--url`, `--api-key`,
+//! `--json`). Output is a key/value layout or a table for people, or the
+//! JSON object with `--json`. Card numbers and CVCs are read from a hidden
+//! prompt or from standard input, never from the command line.
 
-use clap::Subcommand;
+use std::io::{BufRead, IsTerminal, Write};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use scrip_client::{
+    CardParams, Charge, ChargeParams, Client, Credential, Customer, CustomerParams, List,
+    PaymentMethod, PaymentToken, Provider, Refund, Spend, TokenParams, TokenSelf,
+};
+use scrip_core::money::Currency;
+use serde::Serialize;
+use zeroize::{Zeroize, Zeroizing};
+
+/// Where the server is, who you are, and how to print.
+#[derive(Args, Clone)]
+pub struct Conn {
+    /// Base URL of the Scrip server.
+    #[arg(long, env = "SCRIP_URL", default_value = "http://127.0.0.1:4780")]
+    url: String,
+    /// The secret of the role you act as: sk_admin_…, sk_orch_…, sk_prov_…,
+    /// or a scrip_pt_… payment token.
+    #[arg(long, env = "SCRIP_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Print the JSON object instead of a readable layout.
+    #[arg(long)]
+    json: bool,
+}
+
+impl Conn {
+    fn client(&self) -> anyhow::Result<Client> {
+        let secret = self
+            .api_key
+            .as_deref()
+            .filter(|k| !k.is_empty())
+            .context("no API secret: pass --api-key or set SCRIP_API_KEY")?;
+        Ok(Client::new(&self.url)
+            .with_secret(secret)
+            .with_body_observer(Arc::new(remember_body)))
+    }
+}
+
+/// The raw body of the last response, printed as is by `--json`.
+static LAST_BODY: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+fn remember_body(body: &[u8]) {
+    let mut last = LAST_BODY
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    last.clear();
+    last.extend_from_slice(body);
+}
 
 #[derive(Subcommand)]
 pub enum ClientCommand {
-    /// Show the server's health.
+    /// Operator: the people whose cards are vaulted.
+    #[command(subcommand)]
+    Customers(CustomersCommand),
+    /// Operator: orchestrator credentials (sk_orch_…), one customer each.
+    #[command(subcommand)]
+    Credentials(CredentialsCommand),
+    /// Operator: providers, the services that redeem tokens (sk_prov_…).
+    #[command(subcommand)]
+    Providers(ProvidersCommand),
+    /// Orchestrator: vault cards and manage them.
+    #[command(subcommand)]
+    Cards(CardsCommand),
+    /// Orchestrator: issue, list and revoke payment tokens; agent: inspect one.
+    #[command(subcommand)]
+    Tokens(TokensCommand),
+    /// Provider: redeem tokens, capture or cancel holds.
+    #[command(subcommand)]
+    Charges(ChargesCommand),
+    /// Provider: refund charges.
+    #[command(subcommand)]
+    Refunds(RefundsCommand),
+    /// Check that the server answers (GET /healthz, no secret needed).
     Health {
-        #[arg(long, env = "SCRIP_URL", default_value = "http://127.0.0.1:4780")]
-        url: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum CustomersCommand {
+    /// Create a customer (admin secret).
+    Create {
+        /// The customer's email address.
+        #[arg(long)]
+        email: Option<String>,
+        /// The customer's name.
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Show a customer (admin secret).
+    Get {
+        /// Customer id (cus_…).
+        id: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum CredentialsCommand {
+    /// Create an orchestrator credential for a customer; its secret is shown once.
+    Create {
+        /// Customer id (cus_…) the credential acts for.
+        #[arg(long)]
+        customer: String,
+        /// A label for the credential.
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Revoke a credential: every token it issued is refused from now on.
+    Revoke {
+        /// Credential id (oc_…).
+        id: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ProvidersCommand {
+    /// Create a provider; its secret is shown once.
+    Create {
+        /// The provider's name, shown to agents.
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Replace a provider's secret; the old one stops working at once.
+    RollSecret {
+        /// Provider id (prov_…).
+        id: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum CardsCommand {
+    /// Vault a card. The number and CVC are read from a hidden prompt, or
+    /// from the first two lines of standard input when it is not a terminal.
+    Add {
+        /// Customer id (cus_…); needed with the admin secret only.
+        #[arg(long)]
+        customer: Option<String>,
+        /// Expiry month, 1 to 12.
+        #[arg(long)]
+        exp_month: i64,
+        /// Expiry year, four digits.
+        #[arg(long)]
+        exp_year: i64,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// List vaulted cards, newest first.
+    List {
+        /// How many to show (1 to 100).
+        #[arg(long)]
+        limit: Option<u32>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Show a vaulted card.
+    Show {
+        /// Payment method id (pm_…).
+        id: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Detach a card: every token backed by it is refused from now on.
+    Detach {
+        /// Payment method id (pm_…).
+        id: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum TokensCommand {
+    /// Issue a payment token scoped to one provider, currency and cap.
+    Issue {
+        /// Payment method id (pm_…) the token charges.
+        #[arg(long)]
+        payment_method: String,
+        /// Provider id (prov_…): the only one that can redeem the token.
+        #[arg(long)]
+        provider: String,
+        /// Currency, lowercase ISO 4217 (usd, eur, gbp, jpy, cad, aud, chf).
+        #[arg(long)]
+        currency: String,
+        /// Cap per period, in the currency's minor unit (cents for usd).
+        #[arg(long)]
+        cap: i64,
+        /// The cap's period.
+        #[arg(long, value_parser = ["day", "week", "month", "year", "none"])]
+        period: String,
+        /// multi_use (default) or single_use.
+        #[arg(long, value_parser = ["multi_use", "single_use"])]
+        usage: Option<String>,
+        /// Largest single charge, in minor units.
+        #[arg(long)]
+        max_per_charge: Option<i64>,
+        /// Expiry as Unix seconds (default: 30 days from now).
+        #[arg(long)]
+        expires_at: Option<i64>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// List tokens, newest first.
+    List {
+        /// Only tokens with this status.
+        #[arg(long, value_parser = ["active", "revoked", "expired", "exhausted", "suspended"])]
+        status: Option<String>,
+        /// How many to show (1 to 100).
+        #[arg(long)]
+        limit: Option<u32>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Show a token and its spend in the current period.
+    Show {
+        /// Token id (pt_…).
+        id: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Revoke a token (and every token derived from it).
+    Revoke {
+        /// Token id (pt_…).
+        id: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// As the agent: what the token in --api-key (scrip_pt_…) allows.
+    InspectSelf {
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ChargesCommand {
+    /// Redeem a payment token (provider secret).
+    Create {
+        /// The scrip_pt_… token the agent sent.
+        #[arg(long, env = "SCRIP_PAYMENT_TOKEN", hide_env_values = true)]
+        token: String,
+        /// Amount in the currency's minor unit (cents for usd).
+        #[arg(long)]
+        amount: i64,
+        /// Currency, lowercase ISO 4217; must be the token's.
+        #[arg(long)]
+        currency: String,
+        /// Only place an authorization hold; capture it later.
+        #[arg(long)]
+        hold: bool,
+        /// A description stored with the charge.
+        #[arg(long)]
+        description: Option<String>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Capture a hold, in full or in part (the rest is released).
+    Capture {
+        /// Charge id (ch_…).
+        id: String,
+        /// Amount to capture, in minor units (default: all of it).
+        #[arg(long)]
+        amount: Option<i64>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Cancel a hold and release it to the token's cap.
+    Cancel {
+        /// Charge id (ch_…).
+        id: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// List charges, newest first.
+    List {
+        /// How many to show (1 to 100).
+        #[arg(long)]
+        limit: Option<u32>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Show a charge.
+    Show {
+        /// Charge id (ch_…).
+        id: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum RefundsCommand {
+    /// Refund a charge, in full (default) or in part.
+    Create {
+        /// Charge id (ch_…).
+        #[arg(long)]
+        charge: String,
+        /// Amount in minor units (default: all not yet refunded).
+        #[arg(long)]
+        amount: Option<i64>,
+        #[command(flatten)]
+        conn: Conn,
     },
 }
 
 pub async fn run(command: ClientCommand) -> anyhow::Result<()> {
     match command {
-        ClientCommand::Health { url } => {
-            let body = reqwest::get(format!("{url}/healthz")).await?.text().await?;
-            println!("{body}");
+        ClientCommand::Customers(c) => customers(c).await,
+        ClientCommand::Credentials(c) => credentials(c).await,
+        ClientCommand::Providers(c) => providers(c).await,
+        ClientCommand::Cards(c) => cards(c).await,
+        ClientCommand::Tokens(c) => tokens(c).await,
+        ClientCommand::Charges(c) => charges(c).await,
+        ClientCommand::Refunds(c) => refunds(c).await,
+        ClientCommand::Health { conn } => {
+            let body = Client::new(&conn.url)
+                .with_body_observer(Arc::new(remember_body))
+                .health()
+                .await?;
+            emit(&conn, &body, |b| {
+                let status = b
+                    .get("status")
+                    .and_then(|s| s.as_str())
+                    .unwrap_or("unknown");
+                kv(&[("server", conn.url.clone()), ("status", status.to_owned())]);
+            })
+        }
+    }
+}
+
+async fn customers(command: CustomersCommand) -> anyhow::Result<()> {
+    match command {
+        CustomersCommand::Create { email, name, conn } => {
+            let params = CustomerParams {
+                email: email.unwrap_or_default(),
+                name: name.unwrap_or_default(),
+            };
+            let c = conn.client()?.create_customer(&params).await?;
+            emit(&conn, &c, show_customer)
+        }
+        CustomersCommand::Get { id, conn } => {
+            let c = conn.client()?.get_customer(&id).await?;
+            emit(&conn, &c, show_customer)
+        }
+    }
+}
+
+async fn credentials(command: CredentialsCommand) -> anyhow::Result<()> {
+    match command {
+        CredentialsCommand::Create {
+            customer,
+            name,
+            conn,
+        } => {
+            let c = conn
+                .client()?
+                .create_credential(&customer, name.as_deref())
+                .await?;
+            emit(&conn, &c, show_credential)?;
+            once_note(&conn, c.secret.is_some());
             Ok(())
         }
+        CredentialsCommand::Revoke { id, conn } => {
+            let c = conn.client()?.revoke_credential(&id).await?;
+            emit(&conn, &c, show_credential)
+        }
+    }
+}
+
+async fn providers(command: ProvidersCommand) -> anyhow::Result<()> {
+    let (p, conn) = match command {
+        ProvidersCommand::Create { name, conn } => {
+            (conn.client()?.create_provider(&name).await?, conn)
+        }
+        ProvidersCommand::RollSecret { id, conn } => {
+            (conn.client()?.roll_provider_secret(&id).await?, conn)
+        }
+    };
+    emit(&conn, &p, show_provider)?;
+    once_note(&conn, p.secret.is_some());
+    Ok(())
+}
+
+async fn cards(command: CardsCommand) -> anyhow::Result<()> {
+    match command {
+        CardsCommand::Add {
+            customer,
+            exp_month,
+            exp_year,
+            conn,
+        } => {
+            let client = conn.client()?;
+            let (mut number, mut cvc) = read_card_secrets()?;
+            let mut params = CardParams {
+                number: std::mem::take(&mut *number),
+                exp_month,
+                exp_year,
+                cvc: std::mem::take(&mut *cvc),
+                customer,
+            };
+            let result = client.add_card(&params).await;
+            params.number.zeroize();
+            params.cvc.zeroize();
+            let m = result?;
+            emit(&conn, &m, show_payment_method)
+        }
+        CardsCommand::List { limit, conn } => {
+            let list = conn.client()?.list_payment_methods(limit).await?;
+            emit(&conn, &list, |l| {
+                let rows = l
+                    .data
+                    .iter()
+                    .map(|m| {
+                        vec![
+                            m.id.clone(),
+                            m.status.clone(),
+                            card_label(&m.card.brand, &m.card.last4),
+                            format!("{:02}/{}", m.card.exp_month, m.card.exp_year),
+                            m.customer.clone(),
+                            datetime(m.created),
+                        ]
+                    })
+                    .collect();
+                table(
+                    &["ID", "STATUS", "CARD", "EXPIRES", "CUSTOMER", "CREATED"],
+                    rows,
+                );
+                more_note(l);
+            })
+        }
+        CardsCommand::Show { id, conn } => {
+            let m = conn.client()?.get_payment_method(&id).await?;
+            emit(&conn, &m, show_payment_method)
+        }
+        CardsCommand::Detach { id, conn } => {
+            let m = conn.client()?.detach_payment_method(&id).await?;
+            emit(&conn, &m, show_payment_method)
+        }
+    }
+}
+
+async fn tokens(command: TokensCommand) -> anyhow::Result<()> {
+    match command {
+        TokensCommand::Issue {
+            payment_method,
+            provider,
+            currency,
+            cap,
+            period,
+            usage,
+            max_per_charge,
+            expires_at,
+            conn,
+        } => {
+            let params = TokenParams {
+                payment_method,
+                provider,
+                currency,
+                cap_amount: cap,
+                period,
+                usage,
+                max_per_charge,
+                expires_at,
+            };
+            let t = conn.client()?.issue_token(&params).await?;
+            emit(&conn, &t, show_token)?;
+            once_note(&conn, t.token.is_some());
+            Ok(())
+        }
+        TokensCommand::List {
+            status,
+            limit,
+            conn,
+        } => {
+            let list = conn.client()?.list_tokens(status.as_deref(), limit).await?;
+            emit(&conn, &list, |l| {
+                let rows = l
+                    .data
+                    .iter()
+                    .map(|t| {
+                        vec![
+                            t.id.clone(),
+                            t.status.clone(),
+                            t.provider.clone(),
+                            cap_label(t.cap.amount, &t.cap.period, &t.currency),
+                            money(t.spend.captured + t.spend.pending, &t.currency),
+                            money(t.spend.remaining, &t.currency),
+                            datetime(t.expires_at),
+                        ]
+                    })
+                    .collect();
+                table(
+                    &[
+                        "ID",
+                        "STATUS",
+                        "PROVIDER",
+                        "CAP",
+                        "SPENT",
+                        "REMAINING",
+                        "EXPIRES",
+                    ],
+                    rows,
+                );
+                more_note(l);
+            })
+        }
+        TokensCommand::Show { id, conn } => {
+            let t = conn.client()?.get_token(&id).await?;
+            emit(&conn, &t, show_token)
+        }
+        TokensCommand::Revoke { id, conn } => {
+            let t = conn.client()?.revoke_token(&id).await?;
+            emit(&conn, &t, show_token)
+        }
+        TokensCommand::InspectSelf { conn } => {
+            let t = conn.client()?.token_self().await?;
+            emit(&conn, &t, show_token_self)
+        }
+    }
+}
+
+async fn charges(command: ChargesCommand) -> anyhow::Result<()> {
+    match command {
+        ChargesCommand::Create {
+            token,
+            amount,
+            currency,
+            hold,
+            description,
+            conn,
+        } => {
+            let params = ChargeParams {
+                token,
+                amount,
+                currency,
+                capture: hold.then_some(false),
+                description,
+            };
+            let c = conn.client()?.create_charge(&params).await?;
+            emit(&conn, &c, show_charge)
+        }
+        ChargesCommand::Capture { id, amount, conn } => {
+            let c = conn.client()?.capture_charge(&id, amount).await?;
+            emit(&conn, &c, show_charge)
+        }
+        ChargesCommand::Cancel { id, conn } => {
+            let c = conn.client()?.cancel_charge(&id).await?;
+            emit(&conn, &c, show_charge)
+        }
+        ChargesCommand::List { limit, conn } => {
+            let list = conn.client()?.list_charges(limit).await?;
+            emit(&conn, &list, |l| {
+                let rows = l
+                    .data
+                    .iter()
+                    .map(|c| {
+                        vec![
+                            c.id.clone(),
+                            c.status.clone(),
+                            money(c.amount, &c.currency),
+                            money(c.amount_captured, &c.currency),
+                            money(c.amount_refunded, &c.currency),
+                            card_label(
+                                &c.payment_method_details.card.brand,
+                                &c.payment_method_details.card.last4,
+                            ),
+                            datetime(c.created),
+                        ]
+                    })
+                    .collect();
+                table(
+                    &[
+                        "ID", "STATUS", "AMOUNT", "CAPTURED", "REFUNDED", "CARD", "CREATED",
+                    ],
+                    rows,
+                );
+                more_note(l);
+            })
+        }
+        ChargesCommand::Show { id, conn } => {
+            let c = conn.client()?.get_charge(&id).await?;
+            emit(&conn, &c, show_charge)
+        }
+    }
+}
+
+async fn refunds(command: RefundsCommand) -> anyhow::Result<()> {
+    match command {
+        RefundsCommand::Create {
+            charge,
+            amount,
+            conn,
+        } => {
+            let r = conn.client()?.create_refund(&charge, amount).await?;
+            emit(&conn, &r, show_refund)
+        }
+    }
+}
+
+// --- input -------------------------------------------------------------------
+
+/// The card number and CVC: from a hidden prompt on a terminal, otherwise
+/// from the first two lines of standard input. Never from argv.
+fn read_card_secrets() -> anyhow::Result<(Zeroizing<String>, Zeroizing<String>)> {
+    if std::io::stdin().is_terminal() {
+        let number = Zeroizing::new(rpassword::prompt_password("Card number (hidden): ")?);
+        let cvc = Zeroizing::new(rpassword::prompt_password("CVC (hidden): ")?);
+        return Ok((number, cvc));
+    }
+    let stdin = std::io::stdin();
+    let mut lock = stdin.lock();
+    let mut read = |what: &str| -> anyhow::Result<Zeroizing<String>> {
+        let mut line = Zeroizing::new(String::new());
+        let n = lock
+            .read_line(&mut line)
+            .with_context(|| format!("cannot read the {what} from standard input"))?;
+        if n == 0 {
+            bail!("expected the card number on the first line of standard input and the CVC on the second; the {what} is missing");
+        }
+        let trimmed = Zeroizing::new(line.trim().to_owned());
+        Ok(trimmed)
+    };
+    let number = read("card number")?;
+    let cvc = read("CVC")?;
+    Ok((number, cvc))
+}
+
+// --- output ------------------------------------------------------------------
+
+/// With `--json`, prints the JSON object exactly as the server sent it
+/// (indented, fields in the server's order); otherwise calls `render`.
+fn emit<T: Serialize>(conn: &Conn, value: &T, render: impl FnOnce(&T)) -> anyhow::Result<()> {
+    if conn.json {
+        let raw = std::mem::take(
+            &mut *LAST_BODY
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        let text = if raw.is_empty() {
+            serde_json::to_string_pretty(value)?
+        } else {
+            indent_json(&String::from_utf8_lossy(&raw))
+        };
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{text}")?;
+    } else {
+        render(value);
+    }
+    Ok(())
+}
+
+/// Re-indents compact JSON text two spaces per level without reordering
+/// or reparsing anything: strings are copied byte for byte.
+fn indent_json(compact: &str) -> String {
+    let mut out = String::with_capacity(compact.len() * 2);
+    let mut depth: usize = 0;
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut chars = compact.trim().chars().peekable();
+    let newline = |out: &mut String, depth: usize| {
+        out.push('\n');
+        out.push_str(&"  ".repeat(depth));
+    };
+    while let Some(c) = chars.next() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match c {
+            '"' => {
+                in_string = true;
+                out.push(c);
+            }
+            '{' | '[' => {
+                out.push(c);
+                let close = if c == '{' { '}' } else { ']' };
+                if chars.peek() == Some(&close) {
+                    out.push(close);
+                    chars.next();
+                } else {
+                    depth += 1;
+                    newline(&mut out, depth);
+                }
+            }
+            '}' | ']' => {
+                depth = depth.saturating_sub(1);
+                newline(&mut out, depth);
+                out.push(c);
+            }
+            ',' => {
+                out.push(c);
+                newline(&mut out, depth);
+            }
+            ':' => out.push_str(": "),
+            c if c.is_whitespace() => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The note that goes with a secret in a response.
+fn once_note(conn: &Conn, shown: bool) {
+    if !shown {
+        return;
+    }
+    let note =
+        "note: the secret above is shown only once; Scrip keeps only its hash. Store it now.";
+    if conn.json {
+        eprintln!("{note}");
+    } else {
+        println!("\n{note}");
+    }
+}
+
+fn more_note<T>(list: &List<T>) {
+    if list.has_more {
+        println!("(more available: raise --limit)");
+    }
+}
+
+/// Prints `key  value` lines with the values aligned.
+pub(crate) fn kv(rows: &[(&str, String)]) {
+    let width = rows
+        .iter()
+        .map(|(k, _)| k.chars().count())
+        .max()
+        .unwrap_or(0);
+    for (k, v) in rows {
+        println!("{k:<width$}  {v}");
+    }
+}
+
+/// Prints a table with aligned columns.
+pub(crate) fn table(headers: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in &rows {
+        for (i, cell) in row.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let w = widths.get(i).copied().unwrap_or(0);
+                format!("{c:<w$}")
+            })
+            .collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(headers.iter().map(|h| (*h).to_owned()).collect());
+    if rows.is_empty() {
+        println!("(none)");
+    }
+    for row in rows {
+        line(row);
+    }
+}
+
+/// `12.34 USD`, `1200 JPY`; an unknown currency in plain minor units.
+pub(crate) fn money(amount: i64, currency: &str) -> String {
+    match currency.parse::<Currency>() {
+        Ok(c) => c.display(amount),
+        Err(_) => format!("{amount} {} (minor units)", currency.to_ascii_uppercase()),
+    }
+}
+
+/// `100.00 USD per month`, or `… in total` for a lifetime cap.
+pub(crate) fn cap_label(amount: i64, period: &str, currency: &str) -> String {
+    match period {
+        "none" => format!("{} in total", money(amount, currency)),
+        p => format!("{} per {p}", money(amount, currency)),
+    }
+}
+
+pub(crate) fn card_label(brand: &str, last4: &str) -> String {
+    format!("{brand} ending {last4}")
+}
+
+/// Unix seconds as `2026-05-01 12:00:00 UTC`.
+pub(crate) fn datetime(unix: i64) -> String {
+    match time::OffsetDateTime::from_unix_timestamp(unix) {
+        Ok(t) => format!(
+            "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second()
+        ),
+        Err(_) => unix.to_string(),
+    }
+}
+
+fn opt(value: Option<&str>) -> String {
+    value.unwrap_or("-").to_owned()
+}
+
+fn show_customer(c: &Customer) {
+    kv(&[
+        ("id", c.id.clone()),
+        ("email", opt(c.email.as_deref())),
+        ("name", opt(c.name.as_deref())),
+        ("created", datetime(c.created)),
+    ]);
+}
+
+fn show_credential(c: &Credential) {
+    let mut rows = vec![
+        ("id", c.id.clone()),
+        ("customer", c.customer.clone()),
+        ("name", opt(c.name.as_deref())),
+        ("status", c.status.clone()),
+        ("created", datetime(c.created)),
+    ];
+    if let Some(at) = c.revoked_at {
+        rows.push(("revoked at", datetime(at)));
+    }
+    if let Some(secret) = &c.secret {
+        rows.push(("secret", secret.clone()));
+    }
+    kv(&rows);
+}
+
+fn show_provider(p: &Provider) {
+    let mut rows = vec![
+        ("id", p.id.clone()),
+        ("name", p.name.clone()),
+        ("created", datetime(p.created)),
+    ];
+    if let Some(secret) = &p.secret {
+        rows.push(("secret", secret.clone()));
+    }
+    kv(&rows);
+}
+
+fn show_payment_method(m: &PaymentMethod) {
+    kv(&[
+        ("id", m.id.clone()),
+        ("customer", m.customer.clone()),
+        ("status", m.status.clone()),
+        ("card", card_label(&m.card.brand, &m.card.last4)),
+        (
+            "expires",
+            format!("{:02}/{}", m.card.exp_month, m.card.exp_year),
+        ),
+        ("fingerprint", m.card.fingerprint.clone()),
+        ("created", datetime(m.created)),
+    ]);
+}
+
+fn spend_rows(spend: &Spend, currency: &str, rows: &mut Vec<(&'static str, String)>) {
+    let window = match spend.period_end {
+        Some(end) => format!("{} to {}", datetime(spend.period_start), datetime(end)),
+        None => format!("since {}", datetime(spend.period_start)),
+    };
+    rows.push(("period", window));
+    rows.push(("captured", money(spend.captured, currency)));
+    rows.push(("pending", money(spend.pending, currency)));
+    rows.push(("remaining", money(spend.remaining, currency)));
+}
+
+fn show_token(t: &PaymentToken) {
+    let mut rows = vec![
+        ("id", t.id.clone()),
+        ("status", t.status.clone()),
+        ("provider", t.provider.clone()),
+        ("payment method", t.payment_method.clone()),
+        ("customer", t.customer.clone()),
+        ("credential", t.credential.clone()),
+        ("cap", cap_label(t.cap.amount, &t.cap.period, &t.currency)),
+        ("usage", t.usage.clone()),
+        (
+            "max per charge",
+            t.max_per_charge
+                .map_or_else(|| "-".to_owned(), |m| money(m, &t.currency)),
+        ),
+        ("expires", datetime(t.expires_at)),
+        ("parent", opt(t.parent.as_deref())),
+        ("created", datetime(t.created)),
+    ];
+    spend_rows(&t.spend, &t.currency, &mut rows);
+    if let Some(token) = &t.token {
+        rows.push(("token", token.clone()));
+    }
+    kv(&rows);
+}
+
+fn show_token_self(t: &TokenSelf) {
+    let mut rows = vec![
+        ("id", t.id.clone()),
+        ("status", t.status.clone()),
+        (
+            "provider",
+            format!("{} ({})", t.provider.name, t.provider.id),
+        ),
+        ("cap", cap_label(t.cap.amount, &t.cap.period, &t.currency)),
+        ("usage", t.usage.clone()),
+        (
+            "max per charge",
+            t.max_per_charge
+                .map_or_else(|| "-".to_owned(), |m| money(m, &t.currency)),
+        ),
+        ("expires", datetime(t.expires_at)),
+    ];
+    spend_rows(&t.spend, &t.currency, &mut rows);
+    kv(&rows);
+}
+
+fn show_charge(c: &Charge) {
+    let mut rows = vec![
+        ("id", c.id.clone()),
+        ("status", c.status.clone()),
+        ("amount", money(c.amount, &c.currency)),
+        ("captured", money(c.amount_captured, &c.currency)),
+        ("refunded", money(c.amount_refunded, &c.currency)),
+        ("payment token", c.payment_token.clone()),
+        ("provider", c.provider.clone()),
+        (
+            "card",
+            card_label(
+                &c.payment_method_details.card.brand,
+                &c.payment_method_details.card.last4,
+            ),
+        ),
+        ("description", opt(c.description.as_deref())),
+        ("created", datetime(c.created)),
+    ];
+    if let Some(before) = c.capture_before {
+        if c.status == "requires_capture" {
+            rows.push(("capture before", datetime(before)));
+        }
+    }
+    kv(&rows);
+}
+
+fn show_refund(r: &Refund) {
+    kv(&[
+        ("id", r.id.clone()),
+        ("charge", r.charge.clone()),
+        ("amount", money(r.amount, &r.currency)),
+        ("status", r.status.clone()),
+        ("created", datetime(r.created)),
+    ]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn money_follows_the_currency_exponent() {
+        assert_eq!(money(1234, "usd"), "12.34 USD");
+        assert_eq!(money(1200, "jpy"), "1200 JPY");
+        assert_eq!(money(5, "eur"), "0.05 EUR");
+        assert_eq!(cap_label(10_000, "month", "usd"), "100.00 USD per month");
+        assert_eq!(cap_label(500, "none", "gbp"), "5.00 GBP in total");
+    }
+
+    #[test]
+    fn indents_json_keeping_order_and_strings() {
+        let raw = r#"{"b":1,"a":[],"s":"x, {y}: \"z\"","o":{"k":[1,2]},"e":{}}"#;
+        let expected = "{\n  \"b\": 1,\n  \"a\": [],\n  \"s\": \"x, {y}: \\\"z\\\"\",\n  \"o\": {\n    \"k\": [\n      1,\n      2\n    ]\n  },\n  \"e\": {}\n}";
+        assert_eq!(indent_json(raw), expected);
+        let reparsed: serde_json::Value =
+            serde_json::from_str(&indent_json(raw)).unwrap_or_default();
+        let original: serde_json::Value = serde_json::from_str(raw).unwrap_or_default();
+        assert_eq!(reparsed, original);
+    }
+
+    #[test]
+    fn datetime_is_utc() {
+        assert_eq!(datetime(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(datetime(1_767_225_600), "2026-01-01 00:00:00 UTC");
     }
 }

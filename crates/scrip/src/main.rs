@@ -14,7 +14,11 @@ use scrip_server::server::{self, Config};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "scrip", version, about = "Scoped payment tokens for AI agents: the card stays in the vault.")]
+#[command(
+    name = "scrip",
+    version,
+    about = "Scoped payment tokens for AI agents: the card stays in the vault."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -57,13 +61,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         listen: args.listen,
         data_dir: args.data_dir,
         test_clock: args.test_clock,
-        admin_key: std::env::var("SCRIP_ADMIN_KEY").ok().filter(|k| !k.is_empty()),
-        master_key: std::env::var("SCRIP_MASTER_KEY").ok().filter(|k| !k.is_empty()),
+        admin_key: std::env::var("SCRIP_ADMIN_KEY")
+            .ok()
+            .filter(|k| !k.is_empty()),
+        master_key: std::env::var("SCRIP_MASTER_KEY")
+            .ok()
+            .filter(|k| !k.is_empty()),
     };
     let running = server::start(config).await?;
     if let Some(key) = &running.generated_admin_key {
         // Printed once, to stdout, and never again: only its hash is kept.
-        println!("Generated admin secret (shown once; store it now): {}", key.expose());
+        println!(
+            "Generated admin secret (shown once; store it now): {}",
+            key.expose()
+        );
     }
     println!("scrip listening on http://{}", running.addr);
     shutdown_signal().await;

@@ -31,7 +31,11 @@ impl FromRequestParts<AppState> for Caller {
         let secret = value
             .to_str()
             .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(|v| {
+                // The scheme name is case-insensitive (RFC 9110 §11.1).
+                let (scheme, rest) = v.split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then_some(rest)
+            })
             .map(str::trim)
             .filter(|s| !s.is_empty() && s.len() <= limits::SECRET_LEN_MAX)
             .ok_or_else(|| {
@@ -112,7 +116,11 @@ fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<String>, Ap
     let key = v
         .to_str()
         .ok()
-        .filter(|k| !k.is_empty() && k.len() <= limits::IDEMPOTENCY_KEY_LEN_MAX)
+        .filter(|k| {
+            !k.is_empty()
+                && k.len() <= limits::IDEMPOTENCY_KEY_LEN_MAX
+                && k.bytes().all(|b| b.is_ascii_graphic())
+        })
         .ok_or_else(|| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
