@@ -6,6 +6,7 @@
 //! the vault and the HTTP layer call into this crate; it calls nothing.
 
 pub mod card;
+pub mod ledger;
 pub mod limits;
 pub mod money;
 pub mod period;

@@ -44,3 +44,12 @@ pub const READ_CONNECTIONS_MAX: usize = 8;
 pub const IN_FLIGHT_REQUESTS_MAX: usize = 4_096;
 /// How long a graceful shutdown waits for in-flight requests.
 pub const SHUTDOWN_GRACE_SECS: u64 = 30;
+/// From capture until a provider's funds are available (default; `--settlement-delay-days`).
+pub const SETTLEMENT_DELAY_SECS_DEFAULT: i64 = 2 * 86_400;
+pub const SETTLEMENT_DELAY_DAYS_MAX: i64 = 30;
+/// From a payout until it arrives at the provider's bank.
+pub const PAYOUT_TRANSIT_SECS: i64 = 86_400;
+/// A payout's amount, in minor units.
+pub const PAYOUT_AMOUNT_MAX: i64 = 1_000_000_000_000;
+/// Rows handled by one round of upkeep per kind (holds, settlements, payouts).
+pub const UPKEEP_BATCH_MAX: usize = 1_000;

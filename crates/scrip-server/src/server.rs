@@ -16,7 +16,7 @@ use crate::clock::{system_now, Clock};
 use crate::network::Simulator;
 use crate::secrets::{hash_secret, Secret, SecretHash, PREFIX_ADMIN};
 use crate::store::sqlite::SqliteStore;
-use crate::store::{Store, StoreError};
+use crate::store::{LedgerConfig, Store, StoreError};
 use crate::vault::{MasterKey, Vault, VaultError};
 
 /// How often holds past their capture deadline are released.
@@ -34,6 +34,25 @@ pub struct Config {
     /// `SCRIP_MASTER_KEY` (base64 of 32 bytes); when `None`, `master.key`
     /// in the data directory is used, created on first start.
     pub master_key: Option<String>,
+    /// Fees, settlement delay, payout transit time.
+    pub ledger: LedgerConfig,
+    /// Pay out every provider's available balance once a UTC day.
+    pub auto_payout: bool,
+}
+
+impl Default for Config {
+    /// The defaults of `scrip serve`.
+    fn default() -> Config {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 4780)),
+            data_dir: PathBuf::from("./scrip-data"),
+            test_clock: false,
+            admin_key: None,
+            master_key: None,
+            ledger: LedgerConfig::default(),
+            auto_payout: false,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -136,7 +155,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         );
     }
     let db_path = config.data_dir.join("scrip.db");
-    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&db_path))
+    let ledger = config.ledger;
+    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&db_path, ledger))
         .await
         .map_err(|e| StoreError::Database(e.to_string()))??;
     let store: Arc<dyn Store> = Arc::new(store);
@@ -184,6 +204,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         admin_hash,
         in_flight: Default::default(),
         metrics: Default::default(),
+        auto_payout: config.auto_payout,
     };
     let router = api::app(state);
     let listener = TcpListener::bind(config.listen)
@@ -200,7 +221,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             })
             .await
     });
-    let sweeper = tokio::spawn(sweep(store, clock));
+    let sweeper = tokio::spawn(sweep(store, clock, config.auto_payout));
     tracing::info!(%addr, test_clock = config.test_clock, "scrip is serving");
     Ok(Running {
         addr,
@@ -212,17 +233,18 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     })
 }
 
-/// Background upkeep: releases expired holds and forgets old idempotency
-/// records.
-async fn sweep(store: Arc<dyn Store>, clock: Arc<Clock>) {
+/// Background upkeep: releases expired holds, settles funds, completes
+/// payouts (and makes the daily automatic ones), and forgets old
+/// idempotency records.
+async fn sweep(store: Arc<dyn Store>, clock: Arc<Clock>, auto_payout: bool) {
     let mut ticks: u64 = 0;
     loop {
         tokio::time::sleep(Duration::from_secs(SWEEP_INTERVAL_SECS)).await;
         ticks += 1;
-        match store.expire_holds(clock.now(), 1_000).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(released = n, "released expired authorization holds"),
-            Err(e) => tracing::error!(error = %e, "hold sweep failed"),
+        match store.upkeep(clock.now(), auto_payout).await {
+            Ok(done) if done == Default::default() => {}
+            Ok(done) => tracing::info!(?done, "upkeep"),
+            Err(e) => tracing::error!(error = %e, "upkeep failed"),
         }
         if ticks.is_multiple_of(60) {
             let before = clock.now() - limits::IDEMPOTENCY_TTL_SECS;

@@ -72,6 +72,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         test_clock: false,
         admin_key: Some(admin_key.clone()),
         master_key: None,
+        ..Default::default()
     })
     .await
     .context("cannot start the in-process Scrip server")?;

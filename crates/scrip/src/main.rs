@@ -45,6 +45,19 @@ struct ServeArgs {
     /// Test mode: a clock the admin can advance (`/v1/test_helpers/advance_clock`).
     #[arg(long, env = "SCRIP_TEST_CLOCK", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
     test_clock: bool,
+    /// Processor fee in basis points of each captured amount (290 = 2.9%).
+    #[arg(long, env = "SCRIP_FEE_BPS", default_value_t = 290)]
+    fee_bps: u32,
+    /// Fixed processor fee per capture, in hundredths of the currency's major
+    /// unit (cents for usd; scaled and rounded for zero-decimal currencies).
+    #[arg(long, env = "SCRIP_FEE_FIXED", default_value_t = 30)]
+    fee_fixed: i64,
+    /// Days from capture until a provider's funds are available.
+    #[arg(long, env = "SCRIP_SETTLEMENT_DELAY_DAYS", default_value_t = 2)]
+    settlement_delay_days: i64,
+    /// Pay out every provider's available balance once a UTC day.
+    #[arg(long, env = "SCRIP_AUTO_PAYOUT", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
+    auto_payout: bool,
 }
 
 fn init_logging() {
@@ -57,7 +70,20 @@ fn init_logging() {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_logging();
+    let fees = scrip_core::ledger::Fees::new(args.fee_bps, args.fee_fixed)?;
+    if !(0..=scrip_core::limits::SETTLEMENT_DELAY_DAYS_MAX).contains(&args.settlement_delay_days) {
+        anyhow::bail!(
+            "--settlement-delay-days must be from 0 to {}",
+            scrip_core::limits::SETTLEMENT_DELAY_DAYS_MAX
+        );
+    }
     let config = Config {
+        ledger: scrip_server::store::LedgerConfig {
+            fees,
+            settlement_delay_secs: args.settlement_delay_days * 86_400,
+            ..Default::default()
+        },
+        auto_payout: args.auto_payout,
         listen: args.listen,
         data_dir: args.data_dir,
         test_clock: args.test_clock,

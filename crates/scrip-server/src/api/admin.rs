@@ -298,6 +298,9 @@ struct ClockView {
     now: i64,
     offset_secs: i64,
     holds_released: usize,
+    settlements: usize,
+    payouts_paid: usize,
+    payouts_created: usize,
 }
 
 /// Test mode only: moves the clock forward, durably, then releases the
@@ -323,11 +326,16 @@ pub async fn advance_clock(
     state.store.set_clock_offset(offset).await?;
     state.clock.set_offset_secs(offset);
     let now = state.clock.now();
-    let mut released = 0;
+    // Everything that came due while the clock jumped, in bounded rounds.
+    let mut done = crate::store::model::Upkeep::default();
     loop {
-        let n = state.store.expire_holds(now, 1_000).await?;
-        released += n;
-        if n < 1_000 {
+        let round = state.store.upkeep(now, state.auto_payout).await?;
+        done.holds_released += round.holds_released;
+        done.settlements += round.settlements;
+        done.payouts_paid += round.payouts_paid;
+        done.payouts_created += round.payouts_created;
+        let batch = limits::UPKEEP_BATCH_MAX;
+        if round.holds_released < batch && round.settlements < batch && round.payouts_paid < batch {
             break;
         }
     }
@@ -335,6 +343,9 @@ pub async fn advance_clock(
         object: "test_clock",
         now,
         offset_secs: offset,
-        holds_released: released,
+        holds_released: done.holds_released,
+        settlements: done.settlements,
+        payouts_paid: done.payouts_paid,
+        payouts_created: done.payouts_created,
     }))
 }

@@ -7,6 +7,7 @@ pub mod charges;
 pub mod error;
 pub mod extract;
 pub mod idempotency;
+pub mod ledger;
 pub mod metrics;
 pub mod tokens;
 pub mod vault;
@@ -42,6 +43,8 @@ pub struct AppState {
     pub admin_hash: SecretHash,
     pub in_flight: idempotency::InFlight,
     pub metrics: Arc<metrics::Metrics>,
+    /// Whether upkeep makes the daily automatic payouts.
+    pub auto_payout: bool,
 }
 
 /// The whole API as a router, so tests can drive it without a socket.
@@ -96,7 +99,15 @@ pub fn app(state: AppState) -> Router {
             "/refunds",
             post(charges::create_refund).get(charges::list_refunds),
         )
-        .route("/refunds/{id}", get(charges::get_refund));
+        .route("/refunds/{id}", get(charges::get_refund))
+        .route("/balance", get(ledger::balance))
+        .route(
+            "/payouts",
+            post(ledger::create_payout).get(ledger::list_payouts),
+        )
+        .route("/payouts/{id}", get(ledger::get_payout))
+        .route("/ledger/verify", get(ledger::verify))
+        .route("/ledger/report", get(ledger::report));
     if state.clock.is_test() {
         v1 = v1.route("/test_helpers/advance_clock", post(admin::advance_clock));
     }

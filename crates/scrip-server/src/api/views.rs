@@ -272,6 +272,8 @@ pub struct ChargeView<'a> {
     pub captured: bool,
     pub refunded: bool,
     pub capture_before: Option<i64>,
+    /// The processor's fee, taken at capture (0 until captured).
+    pub fee: i64,
     pub payment_token: &'a str,
     pub provider: &'a str,
     pub description: Option<&'a str>,
@@ -292,6 +294,7 @@ pub fn charge(c: &Charge) -> ChargeView<'_> {
         captured: c.status == ChargeStatus::Succeeded,
         refunded: c.amount_captured > 0 && c.amount_refunded == c.amount_captured,
         capture_before: c.capture_before,
+        fee: c.fee,
         payment_token: &c.token_id,
         provider: &c.provider_id,
         description: c.description.as_deref(),
@@ -327,5 +330,181 @@ pub fn refund(r: &Refund) -> RefundView<'_> {
         currency: r.currency.code(),
         status: "succeeded",
         metadata: &r.metadata,
+    }
+}
+
+#[derive(Serialize)]
+pub struct AmountView {
+    pub amount: i64,
+    pub currency: &'static str,
+}
+
+#[derive(Serialize)]
+pub struct BalanceView {
+    pub object: &'static str,
+    pub available: Vec<AmountView>,
+    pub pending: Vec<AmountView>,
+}
+
+pub fn balance(lines: &[BalanceLine]) -> BalanceView {
+    BalanceView {
+        object: "balance",
+        available: lines
+            .iter()
+            .map(|l| AmountView {
+                amount: l.available,
+                currency: l.currency.code(),
+            })
+            .collect(),
+        pending: lines
+            .iter()
+            .map(|l| AmountView {
+                amount: l.pending,
+                currency: l.currency.code(),
+            })
+            .collect(),
+    }
+}
+
+#[derive(Serialize)]
+pub struct PayoutView<'a> {
+    pub id: &'a str,
+    pub object: &'static str,
+    pub created: i64,
+    pub amount: i64,
+    pub currency: &'static str,
+    pub status: &'static str,
+    pub arrival_date: i64,
+    pub automatic: bool,
+    pub provider: &'a str,
+}
+
+pub fn payout(p: &Payout) -> PayoutView<'_> {
+    PayoutView {
+        id: &p.id,
+        object: "payout",
+        created: p.created,
+        amount: p.amount,
+        currency: p.currency.code(),
+        status: p.status.name(),
+        arrival_date: p.arrival_date,
+        automatic: p.automatic,
+        provider: &p.provider_id,
+    }
+}
+
+#[derive(Serialize)]
+pub struct SpendPair {
+    pub captured: i64,
+    pub pending: i64,
+}
+
+#[derive(Serialize)]
+pub struct SpendMismatchView<'a> {
+    pub payment_token: &'a str,
+    pub period_start: i64,
+    pub stored: SpendPair,
+    pub computed: SpendPair,
+}
+
+#[derive(Serialize)]
+pub struct BalanceMismatchView<'a> {
+    pub account: &'a str,
+    pub currency: &'a str,
+    pub stored_posted: i64,
+    pub computed_posted: i64,
+    pub stored_pending: i64,
+    pub computed_pending: i64,
+}
+
+#[derive(Serialize)]
+pub struct VerificationView<'a> {
+    pub object: &'static str,
+    pub balanced: bool,
+    pub transactions: u64,
+    pub entries: u64,
+    pub accounts: u64,
+    pub unbalanced_transactions: &'a [String],
+    pub balance_mismatches: Vec<BalanceMismatchView<'a>>,
+    pub spend_mismatches: Vec<SpendMismatchView<'a>>,
+    pub charge_mismatches: &'a [String],
+}
+
+pub fn verification(v: &LedgerVerification) -> VerificationView<'_> {
+    VerificationView {
+        object: "ledger_verification",
+        balanced: v.balanced(),
+        transactions: v.transactions,
+        entries: v.entries,
+        accounts: v.accounts,
+        unbalanced_transactions: &v.unbalanced_transactions,
+        balance_mismatches: v
+            .balance_mismatches
+            .iter()
+            .map(|m| BalanceMismatchView {
+                account: &m.account,
+                currency: &m.currency,
+                stored_posted: m.stored_posted,
+                computed_posted: m.computed_posted,
+                stored_pending: m.stored_pending,
+                computed_pending: m.computed_pending,
+            })
+            .collect(),
+        spend_mismatches: v
+            .spend_mismatches
+            .iter()
+            .map(|m| SpendMismatchView {
+                payment_token: &m.token_id,
+                period_start: m.period_start,
+                stored: SpendPair {
+                    captured: m.stored.captured,
+                    pending: m.stored.pending,
+                },
+                computed: SpendPair {
+                    captured: m.computed.captured,
+                    pending: m.computed.pending,
+                },
+            })
+            .collect(),
+        charge_mismatches: &v.charge_mismatches,
+    }
+}
+
+#[derive(Serialize)]
+pub struct ReportLineView<'a> {
+    pub provider: &'a str,
+    pub currency: &'static str,
+    pub gross: i64,
+    pub fees: i64,
+    pub refunds: i64,
+    pub net: i64,
+    pub paid_out: i64,
+}
+
+#[derive(Serialize)]
+pub struct ReportView<'a> {
+    pub object: &'static str,
+    pub from: Option<i64>,
+    pub to: Option<i64>,
+    pub data: Vec<ReportLineView<'a>>,
+}
+
+pub fn report(lines: &[ReportLine], from: Option<i64>, to: Option<i64>) -> ReportView<'_> {
+    ReportView {
+        object: "ledger_report",
+        from,
+        to,
+        data: lines
+            .iter()
+            .map(|l| ReportLineView {
+                provider: &l.provider_id,
+                currency: l.currency.code(),
+                gross: l.gross,
+                fees: l.fees,
+                refunds: l.refunds,
+                net: l.net,
+                paid_out: l.paid_out,
+            })
+            .collect(),
     }
 }

@@ -11,6 +11,7 @@ pub mod model;
 pub mod sqlite;
 
 use async_trait::async_trait;
+use scrip_core::ledger::Fees;
 use scrip_core::token::Refusal;
 use scrip_core::UnixSecs;
 
@@ -72,6 +73,26 @@ pub enum TokenChange {
     Revoke,
     Suspend,
     Resume,
+}
+
+/// How money moves after a capture.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LedgerConfig {
+    pub fees: Fees,
+    /// From capture until the provider's funds are available.
+    pub settlement_delay_secs: i64,
+    /// From a payout until it arrives at the provider's bank.
+    pub payout_transit_secs: i64,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> LedgerConfig {
+        LedgerConfig {
+            fees: Fees::default(),
+            settlement_delay_secs: scrip_core::limits::SETTLEMENT_DELAY_SECS_DEFAULT,
+            payout_transit_secs: scrip_core::limits::PAYOUT_TRANSIT_SECS,
+        }
+    }
 }
 
 /// Counters of the write path, for `/metrics` and tests.
@@ -258,6 +279,33 @@ pub trait Store: Send + Sync + 'static {
         charge_id: Option<&str>,
         page: PageRequest,
     ) -> StoreResult<Page<Refund>>;
-    /// Releases holds not captured in time; returns how many.
-    async fn expire_holds(&self, now: UnixSecs, limit: usize) -> StoreResult<usize>;
+
+    // --- ledger, balances, payouts -----------------------------------------
+    /// Time-driven work: releases holds past their deadline, settles captured
+    /// funds whose delay has passed, marks arrived payouts paid, and (with
+    /// `auto_payout`) pays out every available balance once a UTC day.
+    async fn upkeep(&self, now: UnixSecs, auto_payout: bool) -> StoreResult<Upkeep>;
+    async fn balance(&self, provider_id: &str) -> StoreResult<Vec<BalanceLine>>;
+    async fn create_payout(
+        &self,
+        new: NewPayout,
+        now: UnixSecs,
+        idem: Option<IdemWrite<Payout>>,
+    ) -> StoreResult<Payout>;
+    async fn payout(&self, id: &str, provider_id: Option<&str>) -> StoreResult<Payout>;
+    async fn payouts(
+        &self,
+        provider_id: Option<&str>,
+        page: PageRequest,
+    ) -> StoreResult<Page<Payout>>;
+    /// Recomputes every balance from the entries and checks every
+    /// transaction, every token's spend and the charges against the ledger.
+    async fn verify_ledger(&self) -> StoreResult<LedgerVerification>;
+    /// Per provider and currency: gross, fees, refunds, net, paid out, for
+    /// transactions created in `[from, to)`.
+    async fn ledger_report(
+        &self,
+        from: Option<UnixSecs>,
+        to: Option<UnixSecs>,
+    ) -> StoreResult<Vec<ReportLine>>;
 }

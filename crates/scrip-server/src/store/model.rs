@@ -168,6 +168,8 @@ pub struct Charge {
     /// When an uncaptured hold is released (`created + HOLD_TTL_SECS`).
     pub capture_before: Option<UnixSecs>,
     pub network_reference: String,
+    /// The processor's fee, taken at capture.
+    pub fee: i64,
 }
 
 /// Everything the charge path needs, read before the card network is asked.
@@ -250,4 +252,120 @@ pub struct StoredResponse {
     pub status: u16,
     pub sealed_body: Sealed,
     pub created: UnixSecs,
+}
+
+/// A provider's balance in one currency.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BalanceLine {
+    pub currency: Currency,
+    pub available: i64,
+    pub pending: i64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PayoutStatus {
+    InTransit,
+    Paid,
+}
+
+impl PayoutStatus {
+    pub fn name(self) -> &'static str {
+        match self {
+            PayoutStatus::InTransit => "in_transit",
+            PayoutStatus::Paid => "paid",
+        }
+    }
+    pub fn parse(s: &str) -> Option<PayoutStatus> {
+        match s {
+            "in_transit" => Some(PayoutStatus::InTransit),
+            "paid" => Some(PayoutStatus::Paid),
+            _ => None,
+        }
+    }
+}
+
+/// A payout asked for: `amount: None` pays out all that is available.
+#[derive(Clone, Debug)]
+pub struct NewPayout {
+    pub id: String,
+    pub provider_id: String,
+    pub currency: Currency,
+    pub amount: Option<i64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Payout {
+    pub id: String,
+    pub provider_id: String,
+    pub amount: i64,
+    pub currency: Currency,
+    pub status: PayoutStatus,
+    pub arrival_date: UnixSecs,
+    pub automatic: bool,
+    pub created: UnixSecs,
+}
+
+/// What one round of background upkeep did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Upkeep {
+    pub holds_released: usize,
+    pub settlements: usize,
+    pub payouts_paid: usize,
+    pub payouts_created: usize,
+}
+
+/// A stored balance that disagrees with the sum of its entries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BalanceMismatch {
+    pub account: String,
+    pub currency: String,
+    pub stored_posted: i64,
+    pub computed_posted: i64,
+    pub stored_pending: i64,
+    pub computed_pending: i64,
+}
+
+/// A token's stored spend that disagrees with its charges.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpendMismatch {
+    pub token_id: String,
+    pub period_start: UnixSecs,
+    pub stored: Spend,
+    pub computed: Spend,
+}
+
+/// The ledger recomputed from its entries and checked against the charges.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LedgerVerification {
+    pub transactions: u64,
+    pub entries: u64,
+    pub accounts: u64,
+    /// Transactions whose entries do not sum to zero.
+    pub unbalanced_transactions: Vec<String>,
+    pub balance_mismatches: Vec<BalanceMismatch>,
+    pub spend_mismatches: Vec<SpendMismatch>,
+    /// Currencies where the card network's balance is not what the charges
+    /// say it should be (captured − refunded; holds pending).
+    pub charge_mismatches: Vec<String>,
+}
+
+impl LedgerVerification {
+    pub fn balanced(&self) -> bool {
+        self.unbalanced_transactions.is_empty()
+            && self.balance_mismatches.is_empty()
+            && self.spend_mismatches.is_empty()
+            && self.charge_mismatches.is_empty()
+    }
+}
+
+/// One provider's money in one currency over a time range.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReportLine {
+    pub provider_id: String,
+    pub currency: Currency,
+    pub gross: i64,
+    pub fees: i64,
+    pub refunds: i64,
+    pub net: i64,
+    pub paid_out: i64,
 }

@@ -23,14 +23,17 @@ use scrip_core::token::{
 use scrip_core::UnixSecs;
 use tokio::sync::oneshot;
 
+mod ledger;
+
 use super::model::*;
-use super::{IdemWrite, Store, StoreError, StoreResult, TokenChange, WriteStats};
+use super::{IdemWrite, LedgerConfig, Store, StoreError, StoreResult, TokenChange, WriteStats};
 use crate::secrets::SecretHash;
 use crate::vault::{Sealed, WrappedKey};
 
 /// Versioned schema migrations, applied in order at start. Never edit one
 /// that has shipped: add the next.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
 CREATE TABLE data_keys (
     seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, purpose TEXT NOT NULL,
@@ -91,7 +94,32 @@ CREATE TABLE idempotency (
     status INTEGER NOT NULL, key_id TEXT NOT NULL, nonce BLOB NOT NULL, body BLOB NOT NULL,
     created INTEGER NOT NULL, PRIMARY KEY (actor, key)) WITHOUT ROWID;
 CREATE INDEX idempotency_created ON idempotency(created);
-"#];
+"#,
+    r#"
+ALTER TABLE charges ADD COLUMN fee INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE ledger_transactions (
+    seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, kind TEXT NOT NULL, status TEXT NOT NULL,
+    reference TEXT NOT NULL, provider_id TEXT NOT NULL, currency TEXT NOT NULL, created INTEGER NOT NULL);
+CREATE INDEX ledger_transactions_reference ON ledger_transactions(reference);
+CREATE INDEX ledger_transactions_created ON ledger_transactions(created);
+CREATE TABLE ledger_entries (
+    transaction_seq INTEGER NOT NULL, account TEXT NOT NULL, amount INTEGER NOT NULL);
+CREATE INDEX ledger_entries_transaction ON ledger_entries(transaction_seq);
+CREATE TABLE ledger_balances (
+    account TEXT NOT NULL, currency TEXT NOT NULL, posted INTEGER NOT NULL, pending INTEGER NOT NULL,
+    PRIMARY KEY (account, currency)) WITHOUT ROWID;
+CREATE TABLE settlements (
+    charge_id TEXT PRIMARY KEY, provider_id TEXT NOT NULL, currency TEXT NOT NULL,
+    amount INTEGER NOT NULL, available_on INTEGER NOT NULL, settled INTEGER NOT NULL) WITHOUT ROWID;
+CREATE INDEX settlements_due ON settlements(available_on) WHERE settled = 0;
+CREATE TABLE payouts (
+    seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, provider_id TEXT NOT NULL, amount INTEGER NOT NULL,
+    currency TEXT NOT NULL, status TEXT NOT NULL, arrival_date INTEGER NOT NULL,
+    automatic INTEGER NOT NULL, created INTEGER NOT NULL);
+CREATE INDEX payouts_provider ON payouts(provider_id, seq);
+CREATE INDEX payouts_in_transit ON payouts(arrival_date) WHERE status = 'in_transit';
+"#,
+];
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> StoreError {
@@ -106,6 +134,7 @@ type Job = Box<dyn FnOnce(&Connection) -> Box<dyn FnOnce(bool) + Send> + Send>;
 
 pub struct SqliteStore {
     path: PathBuf,
+    ledger: LedgerConfig,
     stats: Arc<WriterStats>,
     jobs: SyncSender<Job>,
     readers: Arc<Mutex<Vec<Connection>>>,
@@ -134,7 +163,7 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path`, applies pending
     /// migrations and starts the writer thread.
-    pub fn open(path: &Path) -> StoreResult<SqliteStore> {
+    pub fn open(path: &Path, ledger: LedgerConfig) -> StoreResult<SqliteStore> {
         let mut writer = open_connection(path)?;
         migrate(&mut writer)?;
         let (jobs, queue) = sync_channel::<Job>(limits::WRITER_QUEUE_MAX);
@@ -146,6 +175,7 @@ impl SqliteStore {
             .map_err(|e| StoreError::Database(format!("cannot start the writer thread: {e}")))?;
         Ok(SqliteStore {
             path: path.to_owned(),
+            ledger,
             stats,
             jobs,
             readers: Arc::new(Mutex::new(Vec::new())),
@@ -482,7 +512,7 @@ fn scope_of(t: &Token) -> Scope {
 
 const CHARGE_COLS: &str = "id, token_id, provider_id, customer_id, payment_method_id, amount, \
      amount_captured, amount_refunded, currency, status, description, metadata, brand, last4, \
-     created, capture_before, network_reference";
+     created, capture_before, network_reference, fee";
 fn charge_row(r: &Row<'_>) -> rusqlite::Result<Charge> {
     let status: String = r.get(9)?;
     Ok(Charge {
@@ -503,6 +533,7 @@ fn charge_row(r: &Row<'_>) -> rusqlite::Result<Charge> {
         created: r.get(14)?,
         capture_before: r.get(15)?,
         network_reference: r.get(16)?,
+        fee: r.get(17)?,
     })
 }
 
@@ -748,6 +779,7 @@ fn release_hold(conn: &Connection, charge: &mut Charge) -> StoreResult<()> {
     )?
     .execute([&charge.id])?;
     adjust_spend(conn, &charge.token_id, charge.created, 0, -charge.amount)?;
+    ledger::resolve_hold(conn, &charge.id, "voided")?;
     charge.status = ChargeStatus::Canceled;
     charge.capture_before = None;
     Ok(())
@@ -1532,6 +1564,7 @@ impl Store for SqliteStore {
         now: UnixSecs,
         idem: Option<IdemWrite<Charge>>,
     ) -> StoreResult<Charge> {
+        let config = self.ledger;
         self.write(
             move |conn| {
                 release_expired_holds_of(conn, &new.token_id, now)?;
@@ -1553,6 +1586,11 @@ impl Store for SqliteStore {
                     )?
                     .query_row([&new.token_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
                 let amount = new.amount.get();
+                let fee = if new.capture {
+                    config.fees.fee(amount, new.currency)
+                } else {
+                    0
+                };
                 let charge = Charge {
                     id: new.id,
                     token_id: new.token_id,
@@ -1575,12 +1613,13 @@ impl Store for SqliteStore {
                     created: now,
                     capture_before: (!new.capture).then_some(now + limits::HOLD_TTL_SECS),
                     network_reference: new.network_reference,
+                    fee,
                 };
                 conn.prepare_cached(
                     "INSERT INTO charges (id, token_id, provider_id, customer_id, payment_method_id, amount,
                        amount_captured, amount_refunded, currency, status, description, metadata, brand, last4,
-                       created, capture_before, network_reference)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                       created, capture_before, network_reference, fee)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
                 )?
                 .execute(params![
                     charge.id,
@@ -1598,12 +1637,33 @@ impl Store for SqliteStore {
                     charge.last4,
                     charge.created,
                     charge.capture_before,
-                    charge.network_reference
+                    charge.network_reference,
+                    charge.fee
                 ])?;
                 if new.capture {
                     adjust_spend(conn, &charge.token_id, now, amount, 0)?;
+                    ledger::capture(
+                        conn,
+                        &config,
+                        &charge.id,
+                        &charge.provider_id,
+                        charge.currency,
+                        amount,
+                        fee,
+                        now,
+                    )?;
                 } else {
                     adjust_spend(conn, &charge.token_id, now, 0, amount)?;
+                    ledger::post(
+                        conn,
+                        "authorization",
+                        ledger::Layer::Pending,
+                        &charge.id,
+                        &charge.provider_id,
+                        charge.currency,
+                        &scrip_core::ledger::authorization(&charge.provider_id, amount),
+                        now,
+                    )?;
                 }
                 if chain.first().is_some_and(|l| l.scope.usage == Usage::SingleUse) {
                     conn.prepare_cached(
@@ -1646,6 +1706,7 @@ impl Store for SqliteStore {
     ) -> StoreResult<Charge> {
         let id = id.to_owned();
         let provider_id = provider_id.map(str::to_owned);
+        let config = self.ledger;
         self.write(
             move |conn| {
                 let mut charge = load_charge(conn, &id, provider_id.as_deref())?;
@@ -1681,16 +1742,30 @@ impl Store for SqliteStore {
                         ),
                     });
                 }
+                let fee = config.fees.fee(capture, charge.currency);
                 conn.prepare_cached(
-                    "UPDATE charges SET status = 'succeeded', amount_captured = ?2, capture_before = NULL WHERE id = ?1",
+                    "UPDATE charges SET status = 'succeeded', amount_captured = ?2, capture_before = NULL, fee = ?3
+                     WHERE id = ?1",
                 )?
-                .execute(params![charge.id, capture])?;
+                .execute(params![charge.id, capture, fee])?;
+                ledger::resolve_hold(conn, &charge.id, "captured")?;
+                ledger::capture(
+                    conn,
+                    &config,
+                    &charge.id,
+                    &charge.provider_id,
+                    charge.currency,
+                    capture,
+                    fee,
+                    now,
+                )?;
                 // The whole hold leaves `pending`; what was captured enters
                 // `captured`; the rest is released to the cap.
                 adjust_spend(conn, &charge.token_id, charge.created, capture, -charge.amount)?;
                 charge.status = ChargeStatus::Succeeded;
                 charge.amount_captured = capture;
                 charge.capture_before = None;
+                charge.fee = fee;
                 Ok(charge)
             },
             idem,
@@ -1771,6 +1846,16 @@ impl Store for SqliteStore {
                 // Headroom returns to the window the charge was made in: a
                 // refund of last month's charge does not raise this month's cap.
                 adjust_spend(conn, &charge.token_id, charge.created, -amount, 0)?;
+                ledger::post(
+                    conn,
+                    "refund",
+                    ledger::Layer::Posted,
+                    &new.id,
+                    &charge.provider_id,
+                    charge.currency,
+                    &scrip_core::ledger::refund(&charge.provider_id, amount),
+                    now,
+                )?;
                 let refund = Refund {
                     id: new.id,
                     charge_id: charge.id,
@@ -1833,24 +1918,103 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn expire_holds(&self, now: UnixSecs, limit: usize) -> StoreResult<usize> {
+    async fn upkeep(&self, now: UnixSecs, auto_payout: bool) -> StoreResult<Upkeep> {
+        let config = self.ledger;
         self.write(
             move |conn| {
                 let expired = conn
                     .prepare_cached(&format!(
-                        "SELECT {CHARGE_COLS} FROM charges WHERE status = 'requires_capture' AND capture_before <= ?1 LIMIT ?2"
+                        "SELECT {CHARGE_COLS} FROM charges
+                         WHERE status = 'requires_capture' AND capture_before <= ?1 LIMIT ?2"
                     ))?
-                    .query_map(params![now, i64::try_from(limit).unwrap_or(i64::MAX)], charge_row)?
+                    .query_map(params![now, limits::UPKEEP_BATCH_MAX as i64], charge_row)?
                     .collect::<rusqlite::Result<Vec<Charge>>>()?;
-                let count = expired.len();
+                let holds_released = expired.len();
                 for mut charge in expired {
                     release_hold(conn, &mut charge)?;
                 }
-                Ok(count)
+                let settlements = ledger::settle_due(conn, now)?;
+                let payouts_paid = ledger::complete_payouts(conn, now)?;
+                let payouts_created = if auto_payout {
+                    ledger::auto_payouts(conn, &config, now)?
+                } else {
+                    0
+                };
+                Ok(Upkeep {
+                    holds_released,
+                    settlements,
+                    payouts_paid,
+                    payouts_created,
+                })
             },
             None,
         )
         .await
+    }
+
+    async fn balance(&self, provider_id: &str) -> StoreResult<Vec<BalanceLine>> {
+        let provider_id = provider_id.to_owned();
+        self.read(move |conn| ledger::balance(conn, &provider_id))
+            .await
+    }
+
+    async fn create_payout(
+        &self,
+        new: NewPayout,
+        now: UnixSecs,
+        idem: Option<IdemWrite<Payout>>,
+    ) -> StoreResult<Payout> {
+        let config = self.ledger;
+        self.write(
+            move |conn| ledger::create_payout(conn, &config, &new, false, now),
+            idem,
+        )
+        .await
+    }
+
+    async fn payout(&self, id: &str, provider_id: Option<&str>) -> StoreResult<Payout> {
+        let id = id.to_owned();
+        let provider_id = provider_id.map(str::to_owned);
+        self.read(move |conn| {
+            let payout = conn
+                .prepare_cached(&format!(
+                    "SELECT {} FROM payouts WHERE id = ?1",
+                    ledger::PAYOUT_COLS
+                ))?
+                .query_row([&id], ledger::payout_row)
+                .optional()?;
+            match payout {
+                Some(p) if provider_id.as_ref().is_none_or(|x| *x == p.provider_id) => Ok(p),
+                _ => Err(not_found("payout", &id)),
+            }
+        })
+        .await
+    }
+
+    async fn payouts(
+        &self,
+        provider_id: Option<&str>,
+        req: PageRequest,
+    ) -> StoreResult<Page<Payout>> {
+        let provider_id = provider_id.map(str::to_owned);
+        self.read(move |conn| {
+            let list = ListSql::new(ledger::PAYOUT_COLS, "payouts po", "payout")
+                .filter("po.provider_id = ?", provider_id);
+            page(conn, list, &req, ledger::payout_row)
+        })
+        .await
+    }
+
+    async fn verify_ledger(&self) -> StoreResult<LedgerVerification> {
+        self.read(ledger::verify).await
+    }
+
+    async fn ledger_report(
+        &self,
+        from: Option<UnixSecs>,
+        to: Option<UnixSecs>,
+    ) -> StoreResult<Vec<ReportLine>> {
+        self.read(move |conn| ledger::report(conn, from, to)).await
     }
 }
 
@@ -1871,7 +2035,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn a_failed_operation_in_a_group_leaves_the_others_committed() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(SqliteStore::open(&dir.path().join("db")).unwrap());
+        let store =
+            Arc::new(SqliteStore::open(&dir.path().join("db"), LedgerConfig::default()).unwrap());
         store
             .create_customer(customer("cus_taken"), None)
             .await
@@ -1940,13 +2105,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
         {
-            let store = SqliteStore::open(&path).unwrap();
+            let store = SqliteStore::open(&path, LedgerConfig::default()).unwrap();
             store
                 .create_customer(customer("cus_1"), None)
                 .await
                 .unwrap();
         }
-        let store = SqliteStore::open(&path).unwrap();
+        let store = SqliteStore::open(&path, LedgerConfig::default()).unwrap();
         assert_eq!(store.customer("cus_1").await.unwrap().id, "cus_1");
         drop(store);
         let conn = Connection::open(&path).unwrap();
@@ -1956,7 +2121,9 @@ mod tests {
         )
         .unwrap();
         drop(conn);
-        let err = SqliteStore::open(&path).unwrap_err().to_string();
+        let err = SqliteStore::open(&path, LedgerConfig::default())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("newer than this binary"), "{err}");
     }
 

@@ -76,6 +76,7 @@ impl TestApp {
             test_clock: true,
             admin_key: Some(ADMIN.to_owned()),
             master_key: None,
+            ..Default::default()
         })
         .await
         .expect("server starts");

@@ -441,6 +441,7 @@ async fn the_test_clock_exists_only_in_test_mode() {
         test_clock: false,
         admin_key: Some(ADMIN.to_owned()),
         master_key: None,
+        ..Default::default()
     })
     .await
     .unwrap();

@@ -8,6 +8,7 @@ mod concurrency;
 mod durability;
 mod errors;
 mod helpers;
+mod ledger;
 mod lifecycle;
 mod periods;
 mod secrets;

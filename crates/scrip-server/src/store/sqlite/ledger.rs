@@ -1,0 +1,616 @@
+//! The ledger on SQLite: posting balanced transactions (with materialized
+//! balances), resolving holds, settlements, payouts, verification and the
+//! report. Every function runs inside the caller's write (or read)
+//! transaction; none commits.
+
+use std::collections::BTreeMap;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use scrip_core::ledger::{self, Account, Posting};
+use scrip_core::limits;
+use scrip_core::money::Currency;
+use scrip_core::period::Period;
+use scrip_core::token::Spend;
+use scrip_core::UnixSecs;
+
+use super::super::model::*;
+use super::super::{StoreError, StoreResult};
+use super::{charge_row, currency_col, not_found, CHARGE_COLS};
+use crate::secrets::new_id;
+
+/// Whether a transaction moves money now or only reserves it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Layer {
+    Posted,
+    Pending,
+}
+
+/// Writes one balanced transaction and updates the balances it touches.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn post(
+    conn: &Connection,
+    kind: &str,
+    layer: Layer,
+    reference: &str,
+    provider_id: &str,
+    currency: Currency,
+    postings: &[Posting],
+    now: UnixSecs,
+) -> StoreResult<()> {
+    // A broken posting rule is a bug, never a state to persist.
+    if !ledger::is_balanced(postings) {
+        return Err(StoreError::Database(format!(
+            "refusing an unbalanced {kind} transaction for {reference}"
+        )));
+    }
+    let status = match layer {
+        Layer::Posted => "posted",
+        Layer::Pending => "pending",
+    };
+    conn.prepare_cached(
+        "INSERT INTO ledger_transactions (id, kind, status, reference, provider_id, currency, created)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![new_id("ltx"), kind, status, reference, provider_id, currency.code(), now])?;
+    let seq = conn.last_insert_rowid();
+    for p in postings {
+        let account = p.account.key();
+        conn.prepare_cached(
+            "INSERT INTO ledger_entries (transaction_seq, account, amount) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(params![seq, account, p.amount])?;
+        add_balance(conn, &account, currency, layer, p.amount)?;
+    }
+    Ok(())
+}
+
+fn add_balance(
+    conn: &Connection,
+    account: &str,
+    currency: Currency,
+    layer: Layer,
+    amount: i64,
+) -> StoreResult<()> {
+    let (posted, pending) = match layer {
+        Layer::Posted => (amount, 0),
+        Layer::Pending => (0, amount),
+    };
+    conn.prepare_cached(
+        "INSERT INTO ledger_balances (account, currency, posted, pending) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (account, currency) DO UPDATE SET
+           posted = posted + excluded.posted, pending = pending + excluded.pending",
+    )?
+    .execute(params![account, currency.code(), posted, pending])?;
+    Ok(())
+}
+
+/// Closes a hold's pending transaction: `captured` when it was captured (the
+/// capture posts its own transaction), `voided` when released. Its amounts
+/// leave the pending balances either way.
+pub(super) fn resolve_hold(conn: &Connection, charge_id: &str, outcome: &str) -> StoreResult<()> {
+    let found: Option<(i64, String)> = conn
+        .prepare_cached(
+            "SELECT seq, currency FROM ledger_transactions
+             WHERE reference = ?1 AND kind = 'authorization' AND status = 'pending'",
+        )?
+        .query_row([charge_id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let Some((seq, currency)) = found else {
+        return Err(StoreError::Database(format!(
+            "hold {charge_id} has no pending ledger transaction"
+        )));
+    };
+    let currency: Currency = currency
+        .parse()
+        .map_err(|_| StoreError::Database("bad ledger currency".into()))?;
+    let entries = conn
+        .prepare_cached("SELECT account, amount FROM ledger_entries WHERE transaction_seq = ?1")?
+        .query_map([seq], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    for (account, amount) in entries {
+        add_balance(conn, &account, currency, Layer::Pending, -amount)?;
+    }
+    conn.prepare_cached("UPDATE ledger_transactions SET status = ?2 WHERE seq = ?1")?
+        .execute(params![seq, outcome])?;
+    Ok(())
+}
+
+/// Posts a capture of `gross` (of which `fee` is the processor's) on a
+/// charge and schedules the rest's settlement.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn capture(
+    conn: &Connection,
+    config: &super::super::LedgerConfig,
+    charge_id: &str,
+    provider_id: &str,
+    currency: Currency,
+    gross: i64,
+    fee: i64,
+    now: UnixSecs,
+) -> StoreResult<()> {
+    post(
+        conn,
+        "capture",
+        Layer::Posted,
+        charge_id,
+        provider_id,
+        currency,
+        &ledger::capture(provider_id, gross, fee),
+        now,
+    )?;
+    conn.prepare_cached(
+        "INSERT INTO settlements (charge_id, provider_id, currency, amount, available_on, settled)
+         VALUES (?1, ?2, ?3, ?4, ?5, 0)",
+    )?
+    .execute(params![
+        charge_id,
+        provider_id,
+        currency.code(),
+        gross - fee,
+        now.saturating_add(config.settlement_delay_secs)
+    ])?;
+    Ok(())
+}
+
+/// Moves every settlement due by `now` from pending to available, one
+/// transaction per provider and currency.
+pub(super) fn settle_due(conn: &Connection, now: UnixSecs) -> StoreResult<usize> {
+    let due = conn
+        .prepare_cached(
+            "SELECT charge_id, provider_id, currency, amount FROM settlements
+             WHERE settled = 0 AND available_on <= ?1 ORDER BY available_on LIMIT ?2",
+        )?
+        .query_map(params![now, limits::UPKEEP_BATCH_MAX as i64], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                currency_col(r, 2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut sums: BTreeMap<(String, Currency), i64> = BTreeMap::new();
+    for (charge_id, provider_id, currency, amount) in &due {
+        conn.prepare_cached("UPDATE settlements SET settled = 1 WHERE charge_id = ?1")?
+            .execute([charge_id])?;
+        *sums.entry((provider_id.clone(), *currency)).or_default() += amount;
+    }
+    for ((provider_id, currency), amount) in &sums {
+        if *amount != 0 {
+            let reference = format!("settlement:{provider_id}:{now}");
+            post(
+                conn,
+                "settlement",
+                Layer::Posted,
+                &reference,
+                provider_id,
+                *currency,
+                &ledger::settlement(provider_id, *amount),
+                now,
+            )?;
+        }
+    }
+    Ok(due.len())
+}
+
+fn balance_of(conn: &Connection, account: &Account, currency: Currency) -> StoreResult<(i64, i64)> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT posted, pending FROM ledger_balances WHERE account = ?1 AND currency = ?2",
+        )?
+        .query_row(params![account.key(), currency.code()], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?
+        .unwrap_or((0, 0)))
+}
+
+/// A provider's balance lines: what Scrip owes it (credit balances, shown
+/// positive), for every currency it has touched.
+pub(super) fn balance(conn: &Connection, provider_id: &str) -> StoreResult<Vec<BalanceLine>> {
+    let mut lines = Vec::new();
+    for currency in Currency::ALL {
+        let (available, _) = balance_of(
+            conn,
+            &Account::ProviderAvailable(provider_id.to_owned()),
+            currency,
+        )?;
+        let (pending, _) = balance_of(
+            conn,
+            &Account::ProviderPending(provider_id.to_owned()),
+            currency,
+        )?;
+        let touched: Option<i64> = conn
+            .prepare_cached(
+                "SELECT 1 FROM ledger_balances WHERE currency = ?1 AND account IN (?2, ?3)",
+            )?
+            .query_row(
+                params![
+                    currency.code(),
+                    Account::ProviderAvailable(provider_id.to_owned()).key(),
+                    Account::ProviderPending(provider_id.to_owned()).key()
+                ],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if touched.is_some() {
+            lines.push(BalanceLine {
+                currency,
+                available: -available,
+                pending: -pending,
+            });
+        }
+    }
+    Ok(lines)
+}
+
+pub(super) const PAYOUT_COLS: &str =
+    "id, provider_id, amount, currency, status, arrival_date, automatic, created";
+
+pub(super) fn payout_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Payout> {
+    let status: String = r.get(4)?;
+    Ok(Payout {
+        id: r.get(0)?,
+        provider_id: r.get(1)?,
+        amount: r.get(2)?,
+        currency: currency_col(r, 3)?,
+        status: PayoutStatus::parse(&status).ok_or_else(|| {
+            rusqlite::Error::InvalidColumnType(4, "status".into(), rusqlite::types::Type::Text)
+        })?,
+        arrival_date: r.get(5)?,
+        automatic: r.get(6)?,
+        created: r.get(7)?,
+    })
+}
+
+/// Pays out `new.amount` (or all that is available) of a provider's
+/// available balance.
+pub(super) fn create_payout(
+    conn: &Connection,
+    config: &super::super::LedgerConfig,
+    new: &NewPayout,
+    automatic: bool,
+    now: UnixSecs,
+) -> StoreResult<Payout> {
+    let exists: Option<i64> = conn
+        .prepare_cached("SELECT 1 FROM providers WHERE id = ?1")?
+        .query_row([&new.provider_id], |r| r.get(0))
+        .optional()?;
+    if exists.is_none() {
+        return Err(not_found("provider", &new.provider_id));
+    }
+    let (posted, _) = balance_of(
+        conn,
+        &Account::ProviderAvailable(new.provider_id.clone()),
+        new.currency,
+    )?;
+    let available = -posted;
+    let amount = new.amount.unwrap_or(available);
+    if amount <= 0 || amount > available {
+        return Err(StoreError::Conflict {
+            code: "insufficient_available_balance",
+            message: format!(
+                "The payout of {} exceeds the available balance of {}.",
+                new.currency.display(amount.max(0)),
+                new.currency.display(available)
+            ),
+        });
+    }
+    let payout = Payout {
+        id: new.id.clone(),
+        provider_id: new.provider_id.clone(),
+        amount,
+        currency: new.currency,
+        status: PayoutStatus::InTransit,
+        arrival_date: now.saturating_add(config.payout_transit_secs),
+        automatic,
+        created: now,
+    };
+    conn.prepare_cached(
+        "INSERT INTO payouts (id, provider_id, amount, currency, status, arrival_date, automatic, created)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        payout.id,
+        payout.provider_id,
+        payout.amount,
+        payout.currency.code(),
+        payout.status.name(),
+        payout.arrival_date,
+        payout.automatic,
+        payout.created
+    ])?;
+    post(
+        conn,
+        "payout",
+        Layer::Posted,
+        &payout.id,
+        &payout.provider_id,
+        payout.currency,
+        &ledger::payout(&payout.provider_id, amount),
+        now,
+    )?;
+    Ok(payout)
+}
+
+/// Marks payouts whose arrival date has come as paid.
+pub(super) fn complete_payouts(conn: &Connection, now: UnixSecs) -> StoreResult<usize> {
+    let arrived = conn
+        .prepare_cached(&format!(
+            "SELECT {PAYOUT_COLS} FROM payouts WHERE status = 'in_transit' AND arrival_date <= ?1 LIMIT ?2"
+        ))?
+        .query_map(params![now, limits::UPKEEP_BATCH_MAX as i64], payout_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    for p in &arrived {
+        conn.prepare_cached("UPDATE payouts SET status = 'paid' WHERE id = ?1")?
+            .execute([&p.id])?;
+        post(
+            conn,
+            "payout_paid",
+            Layer::Posted,
+            &p.id,
+            &p.provider_id,
+            p.currency,
+            &ledger::payout_paid(&p.provider_id, p.amount),
+            now,
+        )?;
+    }
+    Ok(arrived.len())
+}
+
+/// Once per UTC day: pays out every positive available balance.
+pub(super) fn auto_payouts(
+    conn: &Connection,
+    config: &super::super::LedgerConfig,
+    now: UnixSecs,
+) -> StoreResult<usize> {
+    let today = Period::Day.window(now, 0).start;
+    let last: Option<i64> = super::get_meta(conn, "last_auto_payout_day")?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+        .map(i64::from_be_bytes);
+    if last.is_some_and(|d| d >= today) {
+        return Ok(0);
+    }
+    super::set_meta(conn, "last_auto_payout_day", &today.to_be_bytes())?;
+    let owed = conn
+        .prepare_cached(
+            "SELECT account, currency, posted FROM ledger_balances
+             WHERE account LIKE 'provider:%:available' AND posted < 0",
+        )?
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, currency_col(r, 1)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut created = 0;
+    for (account, currency) in owed {
+        let Some(Account::ProviderAvailable(provider_id)) = Account::parse(&account) else {
+            continue;
+        };
+        let new = NewPayout {
+            id: new_id("po"),
+            provider_id,
+            currency,
+            amount: None,
+        };
+        create_payout(conn, config, &new, true, now)?;
+        created += 1;
+    }
+    Ok(created)
+}
+
+/// Recomputes the ledger and checks it against the charges and spends.
+pub(super) fn verify(conn: &Connection) -> StoreResult<LedgerVerification> {
+    // 1. Every transaction sums to zero.
+    let mut v = LedgerVerification {
+        transactions: conn.query_row("SELECT COUNT(*) FROM ledger_transactions", [], |r| r.get(0))?,
+        entries: conn.query_row("SELECT COUNT(*) FROM ledger_entries", [], |r| r.get(0))?,
+        unbalanced_transactions: conn
+            .prepare(
+                "SELECT t.id FROM ledger_transactions t JOIN ledger_entries e ON e.transaction_seq = t.seq
+                 GROUP BY t.seq HAVING SUM(e.amount) != 0 LIMIT 100",
+            )?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<Vec<String>>>()?,
+        ..LedgerVerification::default()
+    };
+    // 2. Every stored balance equals the sum of its entries (posted from
+    //    posted transactions, pending from still-pending ones).
+    let mut computed: BTreeMap<(String, String), (i64, i64)> = BTreeMap::new();
+    let mut stmt = conn.prepare(
+        "SELECT e.account, t.currency, t.status, SUM(e.amount) FROM ledger_entries e
+         JOIN ledger_transactions t ON t.seq = e.transaction_seq GROUP BY e.account, t.currency, t.status",
+    )?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    for (account, currency, status, sum) in rows {
+        let slot = computed.entry((account, currency)).or_default();
+        match status.as_str() {
+            "posted" => slot.0 += sum,
+            "pending" => slot.1 += sum,
+            _ => {} // resolved holds count in neither layer
+        }
+    }
+    let stored = conn
+        .prepare("SELECT account, currency, posted, pending FROM ledger_balances")?
+        .query_map([], |r| {
+            Ok((
+                (r.get::<_, String>(0)?, r.get::<_, String>(1)?),
+                (r.get::<_, i64>(2)?, r.get::<_, i64>(3)?),
+            ))
+        })?
+        .collect::<rusqlite::Result<BTreeMap<_, _>>>()?;
+    v.accounts = stored.len() as u64;
+    let keys: std::collections::BTreeSet<_> =
+        computed.keys().chain(stored.keys()).cloned().collect();
+    for key in keys {
+        let c = computed.get(&key).copied().unwrap_or_default();
+        let s = stored.get(&key).copied().unwrap_or_default();
+        if c != s {
+            v.balance_mismatches.push(BalanceMismatch {
+                account: key.0.clone(),
+                currency: key.1.clone(),
+                stored_posted: s.0,
+                computed_posted: c.0,
+                stored_pending: s.1,
+                computed_pending: c.1,
+            });
+        }
+    }
+    // 3. The card network's balance agrees with the charges.
+    for currency in Currency::ALL {
+        let (captured, held): (i64, i64) = conn
+            .prepare_cached(
+                "SELECT COALESCE(SUM(amount_captured - amount_refunded), 0),
+                        COALESCE(SUM(CASE WHEN status = 'requires_capture' THEN amount ELSE 0 END), 0)
+                 FROM charges WHERE currency = ?1",
+            )?
+            .query_row([currency.code()], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let (posted, pending) = balance_of(conn, &Account::CardNetwork, currency)?;
+        if (posted, pending) != (captured, held) {
+            v.charge_mismatches.push(format!(
+                "{currency}: card network posted {posted}, pending {pending}; charges say {captured} captured net of refunds, {held} held"
+            ));
+        }
+    }
+    // 4. Every token's spend agrees with the charges on it and its descendants.
+    let mut expected: BTreeMap<(String, i64), Spend> = BTreeMap::new();
+    let tokens: BTreeMap<String, (Period, i64, Option<String>)> = conn
+        .prepare("SELECT id, cap_period, created, parent_id FROM tokens")?
+        .query_map([], |r| {
+            let period: String = r.get(1)?;
+            Ok((
+                r.get::<_, String>(0)?,
+                (period, r.get::<_, i64>(2)?, r.get::<_, Option<String>>(3)?),
+            ))
+        })?
+        .map(|row| {
+            row.map_err(StoreError::from)
+                .and_then(|(id, (period, created, parent))| {
+                    let period = period.parse::<Period>().map_err(|_| {
+                        StoreError::Database(format!("token {id} has a bad period"))
+                    })?;
+                    Ok((id, (period, created, parent)))
+                })
+        })
+        .collect::<StoreResult<_>>()?;
+    let charges = conn
+        .prepare(&format!("SELECT {CHARGE_COLS} FROM charges"))?
+        .query_map([], charge_row)?
+        .collect::<rusqlite::Result<Vec<Charge>>>()?;
+    for c in &charges {
+        let (captured, pending) = match c.status {
+            ChargeStatus::Succeeded => (c.amount_captured - c.amount_refunded, 0),
+            ChargeStatus::RequiresCapture => (0, c.amount),
+            ChargeStatus::Canceled => (0, 0),
+        };
+        let mut next = Some(c.token_id.clone());
+        let mut depth = 0;
+        while let Some(id) = next.take() {
+            depth += 1;
+            let Some((period, created, parent)) = tokens.get(&id) else {
+                break;
+            };
+            if depth > 65 {
+                break;
+            }
+            let start = period.window(c.created, *created).start;
+            let e = expected.entry((id.clone(), start)).or_default();
+            e.captured += captured;
+            e.pending += pending;
+            next = parent.clone();
+        }
+    }
+    let stored_spend = conn
+        .prepare("SELECT token_id, period_start, captured, pending FROM token_spend")?
+        .query_map([], |r| {
+            Ok((
+                (r.get::<_, String>(0)?, r.get::<_, i64>(1)?),
+                Spend {
+                    captured: r.get(2)?,
+                    pending: r.get(3)?,
+                },
+            ))
+        })?
+        .collect::<rusqlite::Result<BTreeMap<_, _>>>()?;
+    let keys: std::collections::BTreeSet<_> = expected
+        .keys()
+        .chain(stored_spend.keys())
+        .cloned()
+        .collect();
+    for key in keys {
+        let e = expected.get(&key).copied().unwrap_or_default();
+        let s = stored_spend.get(&key).copied().unwrap_or_default();
+        if e != s && v.spend_mismatches.len() < 100 {
+            v.spend_mismatches.push(SpendMismatch {
+                token_id: key.0.clone(),
+                period_start: key.1,
+                stored: s,
+                computed: e,
+            });
+        }
+    }
+    Ok(v)
+}
+
+/// Gross, fees, refunds, net and payouts per provider and currency.
+pub(super) fn report(
+    conn: &Connection,
+    from: Option<UnixSecs>,
+    to: Option<UnixSecs>,
+) -> StoreResult<Vec<ReportLine>> {
+    let mut stmt = conn.prepare(
+        "SELECT t.provider_id, t.currency, t.kind, e.account, SUM(e.amount)
+         FROM ledger_transactions t JOIN ledger_entries e ON e.transaction_seq = t.seq
+         WHERE t.status = 'posted' AND t.kind IN ('capture', 'refund', 'payout')
+           AND t.created >= ?1 AND t.created < ?2
+         GROUP BY t.provider_id, t.currency, t.kind, e.account",
+    )?;
+    let rows = stmt
+        .query_map(
+            params![from.unwrap_or(i64::MIN), to.unwrap_or(i64::MAX)],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    currency_col(r, 1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, i64>(4)?,
+                ))
+            },
+        )?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut lines: BTreeMap<(String, Currency), ReportLine> = BTreeMap::new();
+    for (provider_id, currency, kind, account, sum) in rows {
+        let line = lines
+            .entry((provider_id.clone(), currency))
+            .or_insert_with(|| ReportLine {
+                provider_id,
+                currency,
+                gross: 0,
+                fees: 0,
+                refunds: 0,
+                net: 0,
+                paid_out: 0,
+            });
+        match (kind.as_str(), Account::parse(&account)) {
+            ("capture", Some(Account::CardNetwork)) => line.gross += sum,
+            ("capture", Some(Account::Fees)) => line.fees -= sum,
+            ("refund", Some(Account::CardNetwork)) => line.refunds -= sum,
+            ("payout", Some(Account::PayoutsInTransit)) => line.paid_out -= sum,
+            _ => {}
+        }
+    }
+    Ok(lines
+        .into_values()
+        .map(|mut l| {
+            l.net = l.gross - l.fees - l.refunds;
+            l
+        })
+        .collect())
+}
