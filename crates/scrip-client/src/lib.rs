@@ -34,8 +34,10 @@ use serde_json::Value;
 pub use error::{ApiError, Error};
 pub use params::{CardParams, ChargeParams, CustomerParams, TokenParams};
 pub use types::{
-    Cap, Card, Charge, ChargeCard, Credential, Customer, List, Metadata, PaymentMethod,
-    PaymentMethodDetails, PaymentToken, Provider, ProviderRef, Refund, Spend, TokenSelf,
+    Amount, Balance, BalanceMismatch, Cap, Card, Charge, ChargeCard, Credential, Customer,
+    LedgerReport, LedgerVerification, List, Metadata, PaymentMethod, PaymentMethodDetails,
+    PaymentToken, Payout, Provider, ProviderRef, Refund, ReportLine, Spend, SpendMismatch,
+    SpendPair, TokenSelf,
 };
 
 /// Re-exported so callers of [`Client::send`] need not depend on reqwest.
@@ -398,6 +400,69 @@ impl Client {
                 amount,
             },
         )
+        .await
+    }
+
+    // --- balance and payouts (provider) --------------------------------------
+
+    /// `GET /v1/balance`: the calling provider's pending and available funds.
+    pub async fn balance(&self) -> Result<Balance, Error> {
+        self.get("/v1/balance").await
+    }
+
+    /// `POST /v1/payouts`: pays out `amount` (minor units) of the available
+    /// balance in `currency`, or all of it when `amount` is `None`.
+    pub async fn create_payout(
+        &self,
+        currency: &str,
+        amount: Option<i64>,
+    ) -> Result<Payout, Error> {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            #[serde(skip_serializing_if = "Option::is_none")]
+            amount: Option<i64>,
+            currency: &'a str,
+        }
+        self.post("/v1/payouts", &Body { amount, currency }).await
+    }
+
+    pub async fn get_payout(&self, id: &str) -> Result<Payout, Error> {
+        self.get(&format!("/v1/payouts/{}", encode(id))).await
+    }
+
+    /// `GET /v1/payouts`: the provider's own payouts, or all with the admin
+    /// secret.
+    pub async fn list_payouts(&self, limit: Option<u32>) -> Result<List<Payout>, Error> {
+        self.get(&with_query(
+            "/v1/payouts",
+            &[("limit", limit.map(|l| l.to_string()))],
+        ))
+        .await
+    }
+
+    // --- ledger (admin) -------------------------------------------------------
+
+    /// `GET /v1/ledger/verify`: recomputes every balance and spend from the
+    /// ledger's entries. A 200 answer may still say `balanced: false`.
+    pub async fn verify_ledger(&self) -> Result<LedgerVerification, Error> {
+        self.get("/v1/ledger/verify").await
+    }
+
+    /// `GET /v1/ledger/report`: gross, fees, refunds, net and payouts per
+    /// provider and currency for transactions in `[from, to)` (Unix seconds;
+    /// unbounded where `None`).
+    pub async fn ledger_report(
+        &self,
+        from: Option<i64>,
+        to: Option<i64>,
+    ) -> Result<LedgerReport, Error> {
+        self.get(&with_query(
+            "/v1/ledger/report",
+            &[
+                ("from", from.map(|t| t.to_string())),
+                ("to", to.map(|t| t.to_string())),
+            ],
+        ))
         .await
     }
 }

@@ -228,6 +228,9 @@ pub struct Charge {
     pub refunded: bool,
     #[serde(default)]
     pub capture_before: Option<i64>,
+    /// The processor's fee, taken at capture (0 until captured).
+    #[serde(default)]
+    pub fee: i64,
     pub payment_token: String,
     pub provider: String,
     pub description: Option<String>,
@@ -247,4 +250,103 @@ pub struct Refund {
     pub status: String,
     #[serde(default)]
     pub metadata: Metadata,
+}
+
+/// An amount of money in one currency, in its minor unit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Amount {
+    pub amount: i64,
+    pub currency: String,
+}
+
+/// `GET /v1/balance` (provider): captured charges less fees and refunds,
+/// `pending` until the settlement delay has passed, then `available`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Balance {
+    pub object: String,
+    pub available: Vec<Amount>,
+    pub pending: Vec<Amount>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Payout {
+    pub id: String,
+    pub object: String,
+    pub created: i64,
+    pub amount: i64,
+    pub currency: String,
+    /// `in_transit`, `paid` or `failed`.
+    pub status: String,
+    pub arrival_date: i64,
+    /// Whether the daily automatic payout made it.
+    #[serde(default)]
+    pub automatic: bool,
+    pub provider: String,
+}
+
+/// A ledger account whose stored balance disagrees with its entries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BalanceMismatch {
+    pub account: String,
+    pub currency: String,
+    pub stored_posted: i64,
+    pub computed_posted: i64,
+    pub stored_pending: i64,
+    pub computed_pending: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpendPair {
+    pub captured: i64,
+    pub pending: i64,
+}
+
+/// A token period whose stored spend disagrees with its charges.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpendMismatch {
+    pub payment_token: String,
+    pub period_start: i64,
+    pub stored: SpendPair,
+    pub computed: SpendPair,
+}
+
+/// `GET /v1/ledger/verify` (admin): the ledger recomputed from its entries.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LedgerVerification {
+    pub object: String,
+    pub balanced: bool,
+    pub transactions: u64,
+    pub entries: u64,
+    pub accounts: u64,
+    /// Ids of transactions whose entries do not sum to zero per currency.
+    #[serde(default)]
+    pub unbalanced_transactions: Vec<String>,
+    #[serde(default)]
+    pub balance_mismatches: Vec<BalanceMismatch>,
+    #[serde(default)]
+    pub spend_mismatches: Vec<SpendMismatch>,
+    /// Free-text descriptions of charges that disagree with their entries.
+    #[serde(default)]
+    pub charge_mismatches: Vec<String>,
+}
+
+/// One provider and currency in a [`LedgerReport`], in minor units.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportLine {
+    pub provider: String,
+    pub currency: String,
+    pub gross: i64,
+    pub fees: i64,
+    pub refunds: i64,
+    pub net: i64,
+    pub paid_out: i64,
+}
+
+/// `GET /v1/ledger/report` (admin): money moved in `[from, to)`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LedgerReport {
+    pub object: String,
+    pub from: Option<i64>,
+    pub to: Option<i64>,
+    pub data: Vec<ReportLine>,
 }

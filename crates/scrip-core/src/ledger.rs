@@ -130,14 +130,29 @@ pub fn capture(provider_id: &str, gross: i64, fee: i64) -> Vec<Posting> {
     p
 }
 
-/// A refund: the provider's available balance pays it back to the card.
-/// The fee of the refunded charge is kept (as card processors do).
-pub fn refund(provider_id: &str, amount: i64) -> Vec<Posting> {
-    legs(
-        Account::ProviderAvailable(provider_id.to_owned()),
-        Account::CardNetwork,
-        amount,
-    )
+/// A refund, paid back to the card from the provider's funds: the part of
+/// the charge's net that has not settled yet comes out of `pending` (less
+/// then settles), the rest out of `available`. The fee of the refunded
+/// charge is kept (as card processors do).
+pub fn refund(provider_id: &str, from_pending: i64, from_available: i64) -> Vec<Posting> {
+    let mut p = Vec::with_capacity(3);
+    if from_pending != 0 {
+        p.push(Posting {
+            account: Account::ProviderPending(provider_id.to_owned()),
+            amount: from_pending,
+        });
+    }
+    if from_available != 0 {
+        p.push(Posting {
+            account: Account::ProviderAvailable(provider_id.to_owned()),
+            amount: from_available,
+        });
+    }
+    p.push(Posting {
+        account: Account::CardNetwork,
+        amount: -(from_pending + from_available),
+    });
+    p
 }
 
 /// Settled funds move from pending to available.
@@ -278,7 +293,9 @@ mod tests {
             authorization("p", 500),
             capture("p", 500, 45),
             capture("p", 500, 0),
-            refund("p", 200),
+            refund("p", 200, 0),
+            refund("p", 0, 200),
+            refund("p", 150, 50),
             settlement("p", 455),
             payout("p", 455),
             payout_paid("p", 455),

@@ -11,6 +11,7 @@ pub mod limits;
 pub mod money;
 pub mod period;
 pub mod token;
+pub mod webhook;
 
 /// Unix seconds, UTC. The whole system speaks in these.
 pub type UnixSecs = i64;

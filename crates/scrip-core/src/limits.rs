@@ -53,3 +53,8 @@ pub const PAYOUT_TRANSIT_SECS: i64 = 86_400;
 pub const PAYOUT_AMOUNT_MAX: i64 = 1_000_000_000_000;
 /// Rows handled by one round of upkeep per kind (holds, settlements, payouts).
 pub const UPKEEP_BATCH_MAX: usize = 1_000;
+/// A webhook endpoint's URL.
+pub const WEBHOOK_URL_LEN_MAX: usize = 2_048;
+/// Webhook deliveries in flight at once, and per endpoint.
+pub const WEBHOOK_IN_FLIGHT_MAX: usize = 64;
+pub const WEBHOOK_IN_FLIGHT_PER_ENDPOINT_MAX: usize = 4;

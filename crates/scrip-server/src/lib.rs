@@ -6,8 +6,11 @@
 
 pub mod api;
 pub mod clock;
+pub mod context;
+pub mod dispatcher;
 pub mod network;
 pub mod secrets;
 pub mod server;
 pub mod store;
 pub mod vault;
+pub mod views;

@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 
 use crate::api::{self, AppState};
 use crate::clock::{system_now, Clock};
+use crate::dispatcher::Dispatcher;
 use crate::network::Simulator;
 use crate::secrets::{hash_secret, Secret, SecretHash, PREFIX_ADMIN};
 use crate::store::sqlite::SqliteStore;
@@ -38,6 +39,8 @@ pub struct Config {
     pub ledger: LedgerConfig,
     /// Pay out every provider's available balance once a UTC day.
     pub auto_payout: bool,
+    /// How long a webhook endpoint has to answer (API.md: 10 s).
+    pub webhook_timeout: Duration,
 }
 
 impl Default for Config {
@@ -51,6 +54,7 @@ impl Default for Config {
             master_key: None,
             ledger: LedgerConfig::default(),
             auto_payout: false,
+            webhook_timeout: Duration::from_secs(scrip_core::webhook::DELIVERY_TIMEOUT_SECS),
         }
     }
 }
@@ -67,6 +71,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("cannot listen on {0}: {1}")]
     Listen(SocketAddr, std::io::Error),
+    #[error("webhook client: {0}")]
+    Webhooks(String),
 }
 
 /// A running server.
@@ -79,6 +85,7 @@ pub struct Running {
     shutdown: watch::Sender<bool>,
     server: JoinHandle<std::io::Result<()>>,
     sweeper: JoinHandle<()>,
+    dispatcher: JoinHandle<()>,
 }
 
 impl Running {
@@ -87,6 +94,8 @@ impl Running {
     pub async fn shutdown(self) -> std::io::Result<()> {
         let _ = self.shutdown.send(true);
         self.sweeper.abort();
+        // In-flight deliveries finish or are retried after the next start.
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.dispatcher).await;
         match tokio::time::timeout(
             Duration::from_secs(limits::SHUTDOWN_GRACE_SECS),
             self.server,
@@ -196,9 +205,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         Clock::system()
     });
 
+    let vault = Arc::new(vault);
+    let dispatcher = Dispatcher::new(store.clone(), vault.clone(), config.webhook_timeout)
+        .map_err(|e| StartError::Webhooks(e.to_string()))?;
     let state = AppState {
         store: store.clone(),
-        vault: Arc::new(vault),
+        vault,
         network: Arc::new(Simulator),
         clock: clock.clone(),
         admin_hash,
@@ -222,6 +234,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             .await
     });
     let sweeper = tokio::spawn(sweep(store, clock, config.auto_payout));
+    let dispatcher = tokio::spawn(dispatcher.run(shutdown.subscribe()));
     tracing::info!(%addr, test_clock = config.test_clock, "scrip is serving");
     Ok(Running {
         addr,
@@ -230,6 +243,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         shutdown,
         server,
         sweeper,
+        dispatcher,
     })
 }
 

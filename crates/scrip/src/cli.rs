@@ -1,6 +1,7 @@
 //! Client subcommands for each role: the operator (`customers`,
-//! `credentials`, `providers`), the orchestrator (`cards`, `tokens`), the
-//! provider (`charges`, `refunds`) and the agent (`tokens inspect-self`).
+//! `credentials`, `providers`, `ledger`), the orchestrator (`cards`,
+//! `tokens`), the provider (`charges`, `refunds`, `balance`, `payouts`) and
+//! the agent (`tokens inspect-self`).
 //!
 //! Every command takes the same connection options (`--url`, `--api-key`,
 //! `--json`). Output is a key/value layout or a table for people, or the
@@ -13,8 +14,9 @@ use std::sync::{Arc, Mutex};
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use scrip_client::{
-    CardParams, Charge, ChargeParams, Client, Credential, Customer, CustomerParams, List,
-    PaymentMethod, PaymentToken, Provider, Refund, Spend, TokenParams, TokenSelf,
+    Balance, CardParams, Charge, ChargeParams, Client, Credential, Customer, CustomerParams,
+    LedgerReport, LedgerVerification, List, PaymentMethod, PaymentToken, Payout, Provider, Refund,
+    Spend, TokenParams, TokenSelf,
 };
 use scrip_core::money::Currency;
 use serde::Serialize;
@@ -82,6 +84,17 @@ pub enum ClientCommand {
     /// Provider: refund charges.
     #[command(subcommand)]
     Refunds(RefundsCommand),
+    /// Provider: funds pending settlement and available to pay out.
+    Balance {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Provider: pay out available funds; list and show payouts.
+    #[command(subcommand)]
+    Payouts(PayoutsCommand),
+    /// Operator: verify the double-entry ledger; report money moved.
+    #[command(subcommand)]
+    Ledger(LedgerCommand),
     /// Check that the server answers (GET /healthz, no secret needed).
     Health {
         #[command(flatten)]
@@ -327,6 +340,61 @@ pub enum RefundsCommand {
     },
 }
 
+#[derive(Subcommand)]
+pub enum PayoutsCommand {
+    /// Pay out available funds in one currency (provider secret).
+    Create {
+        /// Currency, lowercase ISO 4217 (usd, eur, gbp, jpy, cad, aud, chf).
+        #[arg(long)]
+        currency: String,
+        /// Amount in minor units (default: all that is available).
+        #[arg(long)]
+        amount: Option<i64>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// List payouts, newest first (a provider's own; all with the admin secret).
+    List {
+        /// How many to show (1 to 100).
+        #[arg(long)]
+        limit: Option<u32>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Show a payout.
+    Show {
+        /// Payout id (po_…).
+        id: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum LedgerCommand {
+    /// Recompute the ledger from its entries (admin secret); fails unless
+    /// every transaction, balance and token spend agrees.
+    Verify {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Gross, fees, refunds, net and paid out per provider and currency
+    /// (admin secret), for transactions from --from up to, not including, --to.
+    Report {
+        /// Start, Unix seconds, inclusive (default: the beginning).
+        #[arg(long, allow_hyphen_values = true)]
+        from: Option<i64>,
+        /// End, Unix seconds, exclusive (default: no end).
+        #[arg(long, allow_hyphen_values = true)]
+        to: Option<i64>,
+        /// Print RFC 4180 CSV in minor units instead of a table.
+        #[arg(long, conflicts_with = "json")]
+        csv: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
 pub async fn run(command: ClientCommand) -> anyhow::Result<()> {
     match command {
         ClientCommand::Customers(c) => customers(c).await,
@@ -336,6 +404,12 @@ pub async fn run(command: ClientCommand) -> anyhow::Result<()> {
         ClientCommand::Tokens(c) => tokens(c).await,
         ClientCommand::Charges(c) => charges(c).await,
         ClientCommand::Refunds(c) => refunds(c).await,
+        ClientCommand::Balance { conn } => {
+            let b = conn.client()?.balance().await?;
+            emit(&conn, &b, show_balance)
+        }
+        ClientCommand::Payouts(c) => payouts(c).await,
+        ClientCommand::Ledger(c) => ledger(c).await,
         ClientCommand::Health { conn } => {
             let body = Client::new(&conn.url)
                 .with_body_observer(Arc::new(remember_body))
@@ -617,6 +691,87 @@ async fn refunds(command: RefundsCommand) -> anyhow::Result<()> {
         } => {
             let r = conn.client()?.create_refund(&charge, amount).await?;
             emit(&conn, &r, show_refund)
+        }
+    }
+}
+
+async fn payouts(command: PayoutsCommand) -> anyhow::Result<()> {
+    match command {
+        PayoutsCommand::Create {
+            currency,
+            amount,
+            conn,
+        } => {
+            let p = conn.client()?.create_payout(&currency, amount).await?;
+            emit(&conn, &p, show_payout)
+        }
+        PayoutsCommand::List { limit, conn } => {
+            let list = conn.client()?.list_payouts(limit).await?;
+            emit(&conn, &list, |l| {
+                let rows = l
+                    .data
+                    .iter()
+                    .map(|p| {
+                        vec![
+                            p.id.clone(),
+                            p.status.clone(),
+                            money(p.amount, &p.currency),
+                            p.provider.clone(),
+                            datetime(p.arrival_date),
+                            yes_no(p.automatic).to_owned(),
+                            datetime(p.created),
+                        ]
+                    })
+                    .collect();
+                table(
+                    &[
+                        "ID",
+                        "STATUS",
+                        "AMOUNT",
+                        "PROVIDER",
+                        "ARRIVAL",
+                        "AUTOMATIC",
+                        "CREATED",
+                    ],
+                    rows,
+                );
+                more_note(l);
+            })
+        }
+        PayoutsCommand::Show { id, conn } => {
+            let p = conn.client()?.get_payout(&id).await?;
+            emit(&conn, &p, show_payout)
+        }
+    }
+}
+
+async fn ledger(command: LedgerCommand) -> anyhow::Result<()> {
+    match command {
+        LedgerCommand::Verify { conn } => {
+            let v = conn.client()?.verify_ledger().await?;
+            emit(&conn, &v, show_verification)?;
+            if !v.balanced {
+                bail!(
+                    "the ledger does not verify: {} problem(s) found",
+                    verification_problems(&v)
+                );
+            }
+            Ok(())
+        }
+        LedgerCommand::Report {
+            from,
+            to,
+            csv,
+            conn,
+        } => {
+            let r = conn.client()?.ledger_report(from, to).await?;
+            if csv {
+                let mut out = std::io::stdout().lock();
+                out.write_all(report_csv(&r).as_bytes())?;
+                out.flush()?;
+                return Ok(());
+            }
+            emit(&conn, &r, show_report)
         }
     }
 }
@@ -950,6 +1105,7 @@ fn show_charge(c: &Charge) {
         ("amount", money(c.amount, &c.currency)),
         ("captured", money(c.amount_captured, &c.currency)),
         ("refunded", money(c.amount_refunded, &c.currency)),
+        ("fee", money(c.fee, &c.currency)),
         ("payment token", c.payment_token.clone()),
         ("provider", c.provider.clone()),
         (
@@ -968,6 +1124,198 @@ fn show_charge(c: &Charge) {
         }
     }
     kv(&rows);
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+fn show_balance(b: &Balance) {
+    // One row per currency, in the order the server lists them.
+    let mut currencies: Vec<&str> = Vec::new();
+    for a in b.available.iter().chain(&b.pending) {
+        if !currencies.contains(&a.currency.as_str()) {
+            currencies.push(&a.currency);
+        }
+    }
+    let sum = |list: &[scrip_client::Amount], currency: &str| -> i64 {
+        list.iter()
+            .filter(|a| a.currency == currency)
+            .map(|a| a.amount)
+            .sum()
+    };
+    let rows = currencies
+        .iter()
+        .map(|c| {
+            vec![
+                c.to_ascii_uppercase(),
+                money(sum(&b.available, c), c),
+                money(sum(&b.pending, c), c),
+            ]
+        })
+        .collect();
+    table(&["CURRENCY", "AVAILABLE", "PENDING"], rows);
+}
+
+fn show_payout(p: &Payout) {
+    kv(&[
+        ("id", p.id.clone()),
+        ("status", p.status.clone()),
+        ("amount", money(p.amount, &p.currency)),
+        ("provider", p.provider.clone()),
+        ("arrival", datetime(p.arrival_date)),
+        ("automatic", yes_no(p.automatic).to_owned()),
+        ("created", datetime(p.created)),
+    ]);
+}
+
+fn verification_problems(v: &LedgerVerification) -> usize {
+    v.unbalanced_transactions.len()
+        + v.balance_mismatches.len()
+        + v.spend_mismatches.len()
+        + v.charge_mismatches.len()
+}
+
+fn show_verification(v: &LedgerVerification) {
+    kv(&[
+        ("balanced", yes_no(v.balanced).to_owned()),
+        ("transactions", v.transactions.to_string()),
+        ("entries", v.entries.to_string()),
+        ("accounts", v.accounts.to_string()),
+        ("problems", verification_problems(v).to_string()),
+    ]);
+    if !v.unbalanced_transactions.is_empty() {
+        println!("\nunbalanced transactions (entries do not sum to zero):");
+        for id in &v.unbalanced_transactions {
+            println!("  {id}");
+        }
+    }
+    if !v.balance_mismatches.is_empty() {
+        println!("\naccount balances that disagree with their entries:");
+        let rows = v
+            .balance_mismatches
+            .iter()
+            .map(|m| {
+                vec![
+                    m.account.clone(),
+                    m.currency.to_ascii_uppercase(),
+                    format!(
+                        "{} / {}",
+                        money(m.stored_posted, &m.currency),
+                        money(m.computed_posted, &m.currency)
+                    ),
+                    format!(
+                        "{} / {}",
+                        money(m.stored_pending, &m.currency),
+                        money(m.computed_pending, &m.currency)
+                    ),
+                ]
+            })
+            .collect();
+        table(
+            &[
+                "ACCOUNT",
+                "CURRENCY",
+                "POSTED (STORED / COMPUTED)",
+                "PENDING (STORED / COMPUTED)",
+            ],
+            rows,
+        );
+    }
+    if !v.spend_mismatches.is_empty() {
+        println!("\ntoken spend that disagrees with its charges (minor units):");
+        let rows = v
+            .spend_mismatches
+            .iter()
+            .map(|m| {
+                vec![
+                    m.payment_token.clone(),
+                    datetime(m.period_start),
+                    format!("{} / {}", m.stored.captured, m.computed.captured),
+                    format!("{} / {}", m.stored.pending, m.computed.pending),
+                ]
+            })
+            .collect();
+        table(
+            &[
+                "PAYMENT TOKEN",
+                "PERIOD START",
+                "CAPTURED (STORED / COMPUTED)",
+                "PENDING (STORED / COMPUTED)",
+            ],
+            rows,
+        );
+    }
+    if !v.charge_mismatches.is_empty() {
+        println!("\ncharges that disagree with the ledger:");
+        for m in &v.charge_mismatches {
+            println!("  {m}");
+        }
+    }
+}
+
+fn show_report(r: &LedgerReport) {
+    let bound = |t: Option<i64>, none: &str| t.map_or_else(|| none.to_owned(), datetime);
+    kv(&[
+        ("from", bound(r.from, "the beginning")),
+        ("to", bound(r.to, "(no end)")),
+    ]);
+    println!();
+    let rows = r
+        .data
+        .iter()
+        .map(|l| {
+            vec![
+                l.provider.clone(),
+                l.currency.to_ascii_uppercase(),
+                money(l.gross, &l.currency),
+                money(l.fees, &l.currency),
+                money(l.refunds, &l.currency),
+                money(l.net, &l.currency),
+                money(l.paid_out, &l.currency),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "PROVIDER", "CURRENCY", "GROSS", "FEES", "REFUNDS", "NET", "PAID OUT",
+        ],
+        rows,
+    );
+}
+
+/// The report as RFC 4180 CSV: a header row, CRLF line ends, amounts in
+/// minor units.
+fn report_csv(r: &LedgerReport) -> String {
+    let mut out = String::from("provider,currency,gross,fees,refunds,net,paid_out\r\n");
+    for l in &r.data {
+        let fields = [
+            csv_field(&l.provider),
+            csv_field(&l.currency),
+            l.gross.to_string(),
+            l.fees.to_string(),
+            l.refunds.to_string(),
+            l.net.to_string(),
+            l.paid_out.to_string(),
+        ];
+        out.push_str(&fields.join(","));
+        out.push_str("\r\n");
+    }
+    out
+}
+
+/// A CSV field, quoted (with inner quotes doubled) when it holds a comma,
+/// a quote or a line break.
+fn csv_field(value: &str) -> String {
+    if value.contains([',', '"', '\r', '\n']) {
+        format!("\"{}\"", value.replace('"', "\"\""))
+    } else {
+        value.to_owned()
+    }
 }
 
 fn show_refund(r: &Refund) {
@@ -1002,6 +1350,41 @@ mod tests {
             serde_json::from_str(&indent_json(raw)).unwrap_or_default();
         let original: serde_json::Value = serde_json::from_str(raw).unwrap_or_default();
         assert_eq!(reparsed, original);
+    }
+
+    #[test]
+    fn report_csv_has_a_header_and_quotes_when_needed() {
+        let r = LedgerReport {
+            object: "ledger_report".into(),
+            from: None,
+            to: None,
+            data: vec![
+                scrip_client::ReportLine {
+                    provider: "prov_1".into(),
+                    currency: "usd".into(),
+                    gross: 10_000,
+                    fees: 320,
+                    refunds: 500,
+                    net: 9_180,
+                    paid_out: 9_180,
+                },
+                scrip_client::ReportLine {
+                    provider: "odd, \"name\"".into(),
+                    currency: "jpy".into(),
+                    gross: 1,
+                    fees: 0,
+                    refunds: 0,
+                    net: 1,
+                    paid_out: 0,
+                },
+            ],
+        };
+        assert_eq!(
+            report_csv(&r),
+            "provider,currency,gross,fees,refunds,net,paid_out\r\n\
+             prov_1,usd,10000,320,500,9180,9180\r\n\
+             \"odd, \"\"name\"\"\",jpy,1,0,0,1,0\r\n"
+        );
     }
 
     #[test]

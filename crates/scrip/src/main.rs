@@ -2,6 +2,7 @@
 //! triangle end to end, and the other subcommands are API clients for each
 //! role (see `cli`).
 
+mod bench;
 mod cli;
 mod demo;
 
@@ -30,6 +31,8 @@ enum Command {
     Serve(ServeArgs),
     /// Play the whole trust triangle against an in-process server.
     Demo(demo::DemoArgs),
+    /// Load-test the API (spread, hot, mixed, revoke-storm), then verify invariants.
+    Bench(bench::BenchArgs),
     #[command(flatten)]
     Client(cli::ClientCommand),
 }
@@ -93,6 +96,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         master_key: std::env::var("SCRIP_MASTER_KEY")
             .ok()
             .filter(|k| !k.is_empty()),
+        ..Config::default()
     };
     let running = server::start(config).await?;
     if let Some(key) = &running.generated_admin_key {
@@ -139,6 +143,7 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Demo(args) => demo::run(args).await,
+        Command::Bench(args) => bench::run(args).await,
         Command::Client(command) => cli::run(command).await,
     };
     match result {

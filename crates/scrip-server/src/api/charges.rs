@@ -21,7 +21,7 @@ use super::tokens::parse_currency;
 use super::{body_id, metadata, ok_json, text, to_json, views, AppState};
 use crate::secrets::{hash_secret, new_id, PREFIX_TOKEN};
 use crate::store::model::{
-    Charge, ChargeFilter, Metadata, NewCharge, NewRefund, Principal, Refund,
+    Charge, ChargeAttempt, ChargeFilter, Metadata, NewCharge, NewRefund, Principal, Refund,
 };
 use crate::store::StoreError;
 
@@ -92,7 +92,21 @@ pub async fn create_charge(
         body.request_hash,
         |c: &Charge| to_json(&views::charge(c)),
         |idem| async move {
-            let ctx = st.store.charge_context(token_hash, now).await?.ok_or_else(token_invalid)?;
+            // Every refusal is recorded in the audit log before the answer.
+            let refused = |token_id: Option<String>, code: &str| {
+                st.store.record_refusal(
+                    ChargeAttempt {
+                        token_id,
+                        provider_id: provider_id.clone(),
+                        code: code.to_owned(),
+                    },
+                    now,
+                )
+            };
+            let Some(ctx) = st.store.charge_context(token_hash, now).await? else {
+                refused(None, "token_invalid").await?;
+                return Err(token_invalid());
+            };
             let token_currency = ctx.chain.first().map(|l| l.scope.currency).unwrap_or(currency);
             let refuse = |r: &Refusal| {
                 st.metrics.observe_charge("refused");
@@ -107,20 +121,22 @@ pub async fn create_charge(
                 if refusal == Refusal::ScopeMismatch {
                     // A token presented to the wrong provider has leaked:
                     // revoke it (and its descendants) before answering.
-                    st.store.revoke_token_for_misuse(&ctx.token_id, now).await?;
+                    st.store
+                        .revoke_token_for_misuse(&ctx.token_id, &provider_id, now)
+                        .await?;
                     tracing::warn!(token = %ctx.token_id, provider = %provider_id, "payment token presented by the wrong provider; revoked");
+                } else {
+                    refused(Some(ctx.token_id.clone()), refusal.code()).await?;
                 }
                 return Err(refuse(&refusal));
             }
             let card = st.vault.open_card(&ctx.sealed_number, &ctx.payment_method_id)?;
-            let authorization = match st.network.authorize(&card, amount, currency).await {
-                Ok(a) => a,
-                Err(decline) => {
-                    st.metrics.observe_charge("declined");
-                    return Err(ApiError::declined(decline));
-                }
-            };
+            let authorization = st.network.authorize(&card, amount, currency).await;
             drop(card);
+            let reference = match &authorization {
+                Ok(a) => a.reference.clone(),
+                Err(_) => new_id("decl"),
+            };
             let new = NewCharge {
                 id: new_id("ch"),
                 token_id: ctx.token_id.clone(),
@@ -130,7 +146,16 @@ pub async fn create_charge(
                 capture,
                 description,
                 metadata,
-                network_reference: authorization.reference.clone(),
+                network_reference: reference,
+            };
+            let authorization = match authorization {
+                Ok(a) => a,
+                Err(decline) => {
+                    // A declined charge is kept (status `failed`) and spends nothing.
+                    st.store.record_decline(new, decline.code(), now).await?;
+                    st.metrics.observe_charge("declined");
+                    return Err(ApiError::declined(decline));
+                }
             };
             match st.store.create_charge(new, now, idem).await {
                 Ok(charge) => {
@@ -140,7 +165,10 @@ pub async fn create_charge(
                 Err(e) => {
                     st.network.void(&authorization).await;
                     Err(match e {
-                        StoreError::Refused(r) => refuse(&r),
+                        StoreError::Refused(r) => {
+                            refused(Some(ctx.token_id.clone()), r.code()).await?;
+                            refuse(&r)
+                        }
                         other => other.into(),
                     })
                 }

@@ -42,16 +42,18 @@ impl FromRequestParts<AppState> for Caller {
                 ApiError::unauthenticated("The Authorization header must be `Bearer <secret>`.")
             })?;
         let hash = hash_secret(secret);
-        if secret.starts_with(PREFIX_ADMIN) {
-            if hash.ct_eq(&state.admin_hash) {
-                return Ok(Caller(Principal::Admin));
-            }
+        let principal = if secret.starts_with(PREFIX_ADMIN) {
+            hash.ct_eq(&state.admin_hash).then_some(Principal::Admin)
+        } else {
+            state.store.resolve_secret(hash).await?
+        };
+        let Some(principal) = principal else {
             return Err(ApiError::unauthenticated("Invalid API secret provided."));
+        };
+        if let Some(ctx) = crate::context::current() {
+            ctx.set_actor(principal.actor_id());
         }
-        match state.store.resolve_secret(hash).await? {
-            Some(p) => Ok(Caller(p)),
-            None => Err(ApiError::unauthenticated("Invalid API secret provided.")),
-        }
+        Ok(Caller(principal))
     }
 }
 

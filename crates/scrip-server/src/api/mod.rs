@@ -5,13 +5,14 @@
 pub mod admin;
 pub mod charges;
 pub mod error;
+pub mod events;
 pub mod extract;
 pub mod idempotency;
 pub mod ledger;
 pub mod metrics;
 pub mod tokens;
 pub mod vault;
-pub mod views;
+pub use crate::views;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -107,7 +108,26 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/payouts/{id}", get(ledger::get_payout))
         .route("/ledger/verify", get(ledger::verify))
-        .route("/ledger/report", get(ledger::report));
+        .route("/ledger/report", get(ledger::report))
+        .route("/events", get(events::list_events))
+        .route("/events/{id}", get(events::get_event))
+        .route("/events/{id}/resend", post(events::resend_event))
+        .route(
+            "/webhook_endpoints",
+            post(events::create_endpoint).get(events::list_endpoints),
+        )
+        .route(
+            "/webhook_endpoints/{id}",
+            get(events::get_endpoint)
+                .post(events::update_endpoint)
+                .delete(events::delete_endpoint),
+        )
+        .route(
+            "/webhook_endpoints/{id}/deliveries",
+            get(events::list_deliveries),
+        )
+        .route("/audit_events", get(events::list_audit))
+        .route("/audit_events/verify", get(events::verify_audit));
     if state.clock.is_test() {
         v1 = v1.route("/test_helpers/advance_clock", post(admin::advance_clock));
     }
@@ -165,7 +185,8 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
     let method = req.method().clone();
     let path: String =
         error::redact_digits(&req.uri().path().chars().take(200).collect::<String>());
-    let mut response = next.run(req).await;
+    let ctx = crate::context::RequestContext::new(request_id.clone());
+    let mut response = crate::context::scope(ctx, next.run(req)).await;
     let elapsed = started.elapsed();
     state
         .metrics

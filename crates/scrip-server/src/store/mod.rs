@@ -237,8 +237,25 @@ pub trait Store: Send + Sync + 'static {
         token: SecretHash,
         now: UnixSecs,
     ) -> StoreResult<Option<ChargeContext>>;
-    /// Revokes a token presented by the wrong provider (it has leaked).
-    async fn revoke_token_for_misuse(&self, token_id: &str, now: UnixSecs) -> StoreResult<()>;
+    /// Revokes a token presented by the wrong provider (it has leaked), with
+    /// a `payment_token.misuse_attempt` event and an audit record naming
+    /// the presenting provider.
+    async fn revoke_token_for_misuse(
+        &self,
+        token_id: &str,
+        presented_by: &str,
+        now: UnixSecs,
+    ) -> StoreResult<()>;
+    /// Records a refused charge attempt in the audit log.
+    async fn record_refusal(&self, attempt: ChargeAttempt, now: UnixSecs) -> StoreResult<()>;
+    /// Records a charge the card network declined: a `failed` charge that
+    /// spends nothing, a `charge.failed` event and an audit record.
+    async fn record_decline(
+        &self,
+        new: NewCharge,
+        decline_code: &str,
+        now: UnixSecs,
+    ) -> StoreResult<Charge>;
     /// Decides the charge again against the current spend of the token and
     /// every ancestor and, if it passes, records it: one atomic step.
     async fn create_charge(
@@ -308,4 +325,73 @@ pub trait Store: Send + Sync + 'static {
         from: Option<UnixSecs>,
         to: Option<UnixSecs>,
     ) -> StoreResult<Vec<ReportLine>>;
+
+    // --- events and webhooks ------------------------------------------------
+    async fn events(&self, filter: EventFilter, page: PageRequest) -> StoreResult<Page<Event>>;
+    /// One event, if the filter's party may see it.
+    async fn event(&self, id: &str, filter: EventFilter) -> StoreResult<Event>;
+    /// Queues the event again to the owner's endpoints that want it.
+    async fn resend_event(
+        &self,
+        id: &str,
+        filter: EventFilter,
+        owner: Option<Owner>,
+    ) -> StoreResult<usize>;
+    async fn create_webhook_endpoint(
+        &self,
+        new: NewWebhookEndpoint,
+        idem: Option<IdemWrite<WebhookEndpoint>>,
+    ) -> StoreResult<WebhookEndpoint>;
+    /// `owner` limits the lookup to one owner's endpoints.
+    async fn webhook_endpoint(
+        &self,
+        id: &str,
+        owner: Option<Owner>,
+    ) -> StoreResult<WebhookEndpoint>;
+    async fn webhook_endpoints(
+        &self,
+        owner: Option<Owner>,
+        page: PageRequest,
+    ) -> StoreResult<Page<WebhookEndpoint>>;
+    async fn update_webhook_endpoint(
+        &self,
+        id: &str,
+        owner: Option<Owner>,
+        update: EndpointUpdate,
+        now: UnixSecs,
+        idem: Option<IdemWrite<WebhookEndpoint>>,
+    ) -> StoreResult<WebhookEndpoint>;
+    async fn delete_webhook_endpoint(
+        &self,
+        id: &str,
+        owner: Option<Owner>,
+        now: UnixSecs,
+    ) -> StoreResult<WebhookEndpoint>;
+    /// An endpoint's deliveries, newest first, each with its last attempts.
+    async fn deliveries(
+        &self,
+        endpoint_id: &str,
+        owner: Option<Owner>,
+        page: PageRequest,
+    ) -> StoreResult<Page<Delivery>>;
+    /// Claims due deliveries for the dispatcher (real time, not the test clock).
+    /// Claims due deliveries for the dispatcher (real time, not the test
+    /// clock): at most `limit`, and per endpoint no more than
+    /// `limits::WEBHOOK_IN_FLIGHT_PER_ENDPOINT_MAX` counting `in_flight`.
+    async fn claim_deliveries(
+        &self,
+        real_now: UnixSecs,
+        limit: usize,
+        in_flight: std::collections::HashMap<String, usize>,
+    ) -> StoreResult<Vec<DeliveryJob>>;
+    async fn record_delivery_attempt(
+        &self,
+        delivery_id: &str,
+        outcome: AttemptOutcome,
+        real_now: UnixSecs,
+    ) -> StoreResult<()>;
+
+    // --- audit ----------------------------------------------------------------
+    async fn audit_events(&self, page: PageRequest) -> StoreResult<Page<AuditRecord>>;
+    async fn verify_audit(&self) -> StoreResult<AuditVerification>;
 }

@@ -128,6 +128,8 @@ pub enum ChargeStatus {
     Succeeded,
     RequiresCapture,
     Canceled,
+    /// The card network declined it; nothing was spent.
+    Failed,
 }
 
 impl ChargeStatus {
@@ -136,6 +138,7 @@ impl ChargeStatus {
             ChargeStatus::Succeeded => "succeeded",
             ChargeStatus::RequiresCapture => "requires_capture",
             ChargeStatus::Canceled => "canceled",
+            ChargeStatus::Failed => "failed",
         }
     }
     pub fn parse(s: &str) -> Option<ChargeStatus> {
@@ -143,6 +146,7 @@ impl ChargeStatus {
             "succeeded" => Some(ChargeStatus::Succeeded),
             "requires_capture" => Some(ChargeStatus::RequiresCapture),
             "canceled" => Some(ChargeStatus::Canceled),
+            "failed" => Some(ChargeStatus::Failed),
             _ => None,
         }
     }
@@ -170,6 +174,10 @@ pub struct Charge {
     pub network_reference: String,
     /// The processor's fee, taken at capture.
     pub fee: i64,
+    /// Why a `failed` charge failed (`card_declined`) and the network's
+    /// reason (`insufficient_funds`, …).
+    pub failure_code: Option<String>,
+    pub decline_code: Option<String>,
 }
 
 /// Everything the charge path needs, read before the card network is asked.
@@ -368,4 +376,154 @@ pub struct ReportLine {
     pub refunds: i64,
     pub net: i64,
     pub paid_out: i64,
+}
+
+/// An event as stored: its JSON (`{id, object: "event", type, created,
+/// data: {object}}`) was rendered when the change happened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub id: String,
+    pub kind: String,
+    pub created: UnixSecs,
+    pub customer_id: Option<String>,
+    pub provider_id: Option<String>,
+    pub json: String,
+}
+
+/// Which events a list shows.
+#[derive(Clone, Debug, Default)]
+pub struct EventFilter {
+    pub customer_id: Option<String>,
+    pub provider_id: Option<String>,
+    pub kind: Option<String>,
+    pub created_gte: Option<UnixSecs>,
+    pub created_lt: Option<UnixSecs>,
+}
+
+/// Who owns a webhook endpoint: a customer (through an orchestrator
+/// credential) or a provider. It receives the events its owner may see.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Owner {
+    Customer(String),
+    Provider(String),
+}
+
+impl Owner {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Owner::Customer(_) => "customer",
+            Owner::Provider(_) => "provider",
+        }
+    }
+    pub fn id(&self) -> &str {
+        match self {
+            Owner::Customer(id) | Owner::Provider(id) => id,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WebhookEndpoint {
+    pub id: String,
+    pub owner: Owner,
+    pub url: String,
+    pub enabled_events: Vec<String>,
+    pub description: Option<String>,
+    /// `enabled`, or `failing` once a delivery exhausted its retries.
+    pub status: String,
+    pub created: UnixSecs,
+}
+
+#[derive(Clone, Debug)]
+pub struct NewWebhookEndpoint {
+    pub endpoint: WebhookEndpoint,
+    pub sealed_secret: Sealed,
+}
+
+/// A change to an endpoint; `None` keeps the current value.
+#[derive(Clone, Debug, Default)]
+pub struct EndpointUpdate {
+    pub url: Option<String>,
+    pub enabled_events: Option<Vec<String>>,
+    pub description: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeliveryAttempt {
+    pub attempted_at: UnixSecs,
+    pub status_code: Option<u16>,
+    pub latency_ms: i64,
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    pub id: String,
+    pub endpoint_id: String,
+    pub event_id: String,
+    pub event_type: String,
+    /// `pending`, `succeeded` or `failed` (retries exhausted).
+    pub status: String,
+    pub attempts: Vec<DeliveryAttempt>,
+    pub attempt_count: i64,
+    pub next_attempt_at: Option<UnixSecs>,
+    pub created: UnixSecs,
+}
+
+/// A delivery claimed by the dispatcher: everything needed to send it.
+#[derive(Clone, Debug)]
+pub struct DeliveryJob {
+    pub delivery_id: String,
+    pub endpoint_id: String,
+    pub url: String,
+    pub sealed_secret: Sealed,
+    pub body: String,
+    pub attempt_count: i64,
+    pub first_attempt_at: Option<UnixSecs>,
+}
+
+/// The outcome of one attempt, and when to try again (`None`: give up).
+#[derive(Clone, Debug)]
+pub struct AttemptOutcome {
+    pub succeeded: bool,
+    pub attempt: DeliveryAttempt,
+    pub retry_at: Option<UnixSecs>,
+}
+
+/// One record of the append-only, hash-chained audit log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditRecord {
+    pub seq: i64,
+    pub id: String,
+    pub created: UnixSecs,
+    /// The id of the secret's owner (`admin`, `oc_…`, `prov_…`, `pt_…`,
+    /// `system`), never a secret.
+    pub actor: String,
+    pub request_id: Option<String>,
+    pub action: String,
+    pub object_id: String,
+    /// `succeeded` or `refused`.
+    pub outcome: String,
+    /// The error code of a refusal.
+    pub code: Option<String>,
+    pub prev_hash: [u8; 32],
+    pub hash: [u8; 32],
+}
+
+/// The audit chain recomputed from the records.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditVerification {
+    pub records: u64,
+    /// The first record whose hash or link does not match, if any.
+    pub first_broken: Option<i64>,
+    pub head_hash: Option<[u8; 32]>,
+}
+
+/// A refused or declined charge attempt, for the audit log (and, when the
+/// card network declined, a `failed` charge and a `charge.failed` event).
+#[derive(Clone, Debug)]
+pub struct ChargeAttempt {
+    pub token_id: Option<String>,
+    pub provider_id: String,
+    pub code: String,
 }

@@ -24,6 +24,7 @@ use scrip_core::UnixSecs;
 use tokio::sync::oneshot;
 
 mod ledger;
+mod outbox;
 
 use super::model::*;
 use super::{IdemWrite, LedgerConfig, Store, StoreError, StoreResult, TokenChange, WriteStats};
@@ -119,6 +120,36 @@ CREATE TABLE payouts (
 CREATE INDEX payouts_provider ON payouts(provider_id, seq);
 CREATE INDEX payouts_in_transit ON payouts(arrival_date) WHERE status = 'in_transit';
 "#,
+    r#"
+ALTER TABLE charges ADD COLUMN failure_code TEXT;
+ALTER TABLE charges ADD COLUMN decline_code TEXT;
+CREATE TABLE events (
+    seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, type TEXT NOT NULL, created INTEGER NOT NULL,
+    customer_id TEXT, provider_id TEXT, object_id TEXT NOT NULL, json TEXT NOT NULL);
+CREATE INDEX events_customer ON events(customer_id, seq) WHERE customer_id IS NOT NULL;
+CREATE INDEX events_provider ON events(provider_id, seq) WHERE provider_id IS NOT NULL;
+CREATE TABLE webhook_endpoints (
+    seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, owner_kind TEXT NOT NULL, owner_id TEXT NOT NULL,
+    url TEXT NOT NULL, enabled_events TEXT NOT NULL, description TEXT, status TEXT NOT NULL,
+    key_id TEXT NOT NULL, nonce BLOB NOT NULL, secret BLOB NOT NULL, created INTEGER NOT NULL,
+    deleted INTEGER NOT NULL);
+CREATE INDEX webhook_endpoints_owner ON webhook_endpoints(owner_kind, owner_id) WHERE deleted = 0;
+CREATE TABLE deliveries (
+    seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, endpoint_id TEXT NOT NULL, event_id TEXT NOT NULL,
+    event_type TEXT NOT NULL, status TEXT NOT NULL, attempt_count INTEGER NOT NULL,
+    next_attempt_at INTEGER, locked_until INTEGER, first_attempt_at INTEGER, created INTEGER NOT NULL);
+CREATE INDEX deliveries_due ON deliveries(next_attempt_at) WHERE status = 'pending';
+CREATE INDEX deliveries_endpoint ON deliveries(endpoint_id, seq);
+CREATE UNIQUE INDEX deliveries_event_endpoint ON deliveries(event_id, endpoint_id);
+CREATE TABLE delivery_attempts (
+    delivery_id TEXT NOT NULL, attempted_at INTEGER NOT NULL, status_code INTEGER,
+    latency_ms INTEGER NOT NULL, error TEXT);
+CREATE INDEX delivery_attempts_delivery ON delivery_attempts(delivery_id);
+CREATE TABLE audit_events (
+    seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, created INTEGER NOT NULL, actor TEXT NOT NULL,
+    request_id TEXT, action TEXT NOT NULL, object_id TEXT NOT NULL, outcome TEXT NOT NULL, code TEXT,
+    prev_hash BLOB NOT NULL, hash BLOB NOT NULL);
+"#,
 ];
 
 impl From<rusqlite::Error> for StoreError {
@@ -126,6 +157,10 @@ impl From<rusqlite::Error> for StoreError {
         StoreError::Database(e.to_string())
     }
 }
+
+/// How long a claimed delivery is reserved for the dispatcher that claimed
+/// it (longer than one attempt's timeout).
+const DELIVERY_LEASE_SECS: i64 = 60;
 
 /// A queued write: runs on the writer's connection inside the group's
 /// transaction and returns what to tell the caller once the group's fate
@@ -166,6 +201,12 @@ impl SqliteStore {
     pub fn open(path: &Path, ledger: LedgerConfig) -> StoreResult<SqliteStore> {
         let mut writer = open_connection(path)?;
         migrate(&mut writer)?;
+        // The embedded store belongs to one process: leases on deliveries
+        // held by a previous run (stopped mid-attempt) are void.
+        writer.execute(
+            "UPDATE deliveries SET locked_until = NULL WHERE locked_until IS NOT NULL",
+            [],
+        )?;
         let (jobs, queue) = sync_channel::<Job>(limits::WRITER_QUEUE_MAX);
         let stats = Arc::new(WriterStats::default());
         let writer_stats = stats.clone();
@@ -192,13 +233,16 @@ impl SqliteStore {
         F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel::<StoreResult<T>>();
+        let identity = crate::context::audit_identity();
         let job: Job = Box::new(move |conn| {
-            let result = in_savepoint(conn, |conn| {
-                let value = op(conn)?;
-                if let Some(idem) = idem {
-                    remember_response(conn, idem, &value)?;
-                }
-                Ok(value)
+            let result = outbox::with_identity(identity, || {
+                in_savepoint(conn, |conn| {
+                    let value = op(conn)?;
+                    if let Some(idem) = idem {
+                        remember_response(conn, idem, &value)?;
+                    }
+                    Ok(value)
+                })
             });
             Box::new(move |committed| {
                 let result = if committed {
@@ -512,7 +556,7 @@ fn scope_of(t: &Token) -> Scope {
 
 const CHARGE_COLS: &str = "id, token_id, provider_id, customer_id, payment_method_id, amount, \
      amount_captured, amount_refunded, currency, status, description, metadata, brand, last4, \
-     created, capture_before, network_reference, fee";
+     created, capture_before, network_reference, fee, failure_code, decline_code";
 fn charge_row(r: &Row<'_>) -> rusqlite::Result<Charge> {
     let status: String = r.get(9)?;
     Ok(Charge {
@@ -534,6 +578,8 @@ fn charge_row(r: &Row<'_>) -> rusqlite::Result<Charge> {
         capture_before: r.get(15)?,
         network_reference: r.get(16)?,
         fee: r.get(17)?,
+        failure_code: r.get(18)?,
+        decline_code: r.get(19)?,
     })
 }
 
@@ -773,7 +819,7 @@ fn load_charge(conn: &Connection, id: &str, provider_id: Option<&str>) -> StoreR
 
 /// Releases an uncaptured hold: the charge becomes `canceled` and its
 /// amount leaves `pending` in every link's window.
-fn release_hold(conn: &Connection, charge: &mut Charge) -> StoreResult<()> {
+fn release_hold(conn: &Connection, charge: &mut Charge, now: UnixSecs) -> StoreResult<()> {
     conn.prepare_cached(
         "UPDATE charges SET status = 'canceled', capture_before = NULL WHERE id = ?1 AND status = 'requires_capture'",
     )?
@@ -782,7 +828,88 @@ fn release_hold(conn: &Connection, charge: &mut Charge) -> StoreResult<()> {
     ledger::resolve_hold(conn, &charge.id, "voided")?;
     charge.status = ChargeStatus::Canceled;
     charge.capture_before = None;
+    outbox::audit_ok(conn, "charge.canceled", &charge.id, now)?;
+    emit_charge(conn, "charge.canceled", charge, now)
+}
+
+/// The customer and card a token charges: (customer, payment method, brand, last4).
+fn charge_card(conn: &Connection, token_id: &str) -> StoreResult<(String, String, String, String)> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT t.customer_id, pm.id, pm.brand, pm.last4 FROM tokens t
+             JOIN payment_methods pm ON pm.id = t.payment_method_id WHERE t.id = ?1",
+        )?
+        .query_row([token_id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?)
+}
+
+fn insert_charge(conn: &Connection, charge: &Charge) -> StoreResult<()> {
+    conn.prepare_cached(
+        "INSERT INTO charges (id, token_id, provider_id, customer_id, payment_method_id, amount,
+           amount_captured, amount_refunded, currency, status, description, metadata, brand, last4,
+           created, capture_before, network_reference, fee, failure_code, decline_code)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
+    )?
+    .execute(params![
+        charge.id,
+        charge.token_id,
+        charge.provider_id,
+        charge.customer_id,
+        charge.payment_method_id,
+        charge.amount,
+        charge.amount_captured,
+        charge.amount_refunded,
+        charge.currency.code(),
+        charge.status.name(),
+        charge.description,
+        metadata_to(&charge.metadata),
+        charge.brand,
+        charge.last4,
+        charge.created,
+        charge.capture_before,
+        charge.network_reference,
+        charge.fee,
+        charge.failure_code,
+        charge.decline_code
+    ])?;
     Ok(())
+}
+
+/// Serializes a view for an event payload.
+fn json<S: serde::Serialize>(view: &S) -> Vec<u8> {
+    serde_json::to_vec(view).unwrap_or_default()
+}
+
+/// A charge event goes to the customer whose card it is and the provider
+/// that made it.
+fn emit_charge(conn: &Connection, kind: &str, charge: &Charge, now: UnixSecs) -> StoreResult<()> {
+    outbox::emit(
+        conn,
+        kind,
+        &json(&crate::views::charge(charge)),
+        &charge.id,
+        Some(&charge.customer_id),
+        Some(&charge.provider_id),
+        now,
+    )
+}
+
+/// A token event goes to the customer only: providers see charges, not
+/// the tokens behind them.
+fn emit_token(conn: &Connection, kind: &str, token_id: &str, now: UnixSecs) -> StoreResult<()> {
+    let row = load_token(conn, token_id)?.ok_or_else(|| not_found("payment_token", token_id))?;
+    let customer_id = row.token.customer_id.clone();
+    let d = details(conn, row, now)?;
+    outbox::emit(
+        conn,
+        kind,
+        &json(&crate::views::token(&d, None)),
+        token_id,
+        Some(&customer_id),
+        None,
+        now,
+    )
 }
 
 fn release_expired_holds_of(conn: &Connection, token_id: &str, now: UnixSecs) -> StoreResult<()> {
@@ -793,19 +920,30 @@ fn release_expired_holds_of(conn: &Connection, token_id: &str, now: UnixSecs) ->
         .query_map(params![token_id, now], charge_row)?
         .collect::<rusqlite::Result<Vec<Charge>>>()?;
     for mut charge in expired {
-        release_hold(conn, &mut charge)?;
+        release_hold(conn, &mut charge, now)?;
     }
     Ok(())
 }
 
+/// Revokes a token and every token derived from it, each with an event and
+/// an audit record.
 fn revoke_with_descendants(conn: &Connection, token_id: &str, now: UnixSecs) -> StoreResult<()> {
-    conn.prepare_cached(
-        "WITH RECURSIVE family(id) AS (
-             SELECT ?1 UNION SELECT t.id FROM tokens t JOIN family f ON t.parent_id = f.id)
-         UPDATE tokens SET status = 'revoked', status_changed = ?2
-         WHERE id IN (SELECT id FROM family) AND status != 'revoked'",
-    )?
-    .execute(params![token_id, now])?;
+    let ids = conn
+        .prepare_cached(
+            "WITH RECURSIVE family(id) AS (
+                 SELECT ?1 UNION SELECT t.id FROM tokens t JOIN family f ON t.parent_id = f.id)
+             SELECT t.id FROM tokens t JOIN family f ON f.id = t.id WHERE t.status != 'revoked'",
+        )?
+        .query_map([token_id], |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<String>>>()?;
+    for id in ids {
+        conn.prepare_cached(
+            "UPDATE tokens SET status = 'revoked', status_changed = ?2 WHERE id = ?1",
+        )?
+        .execute(params![id, now])?;
+        outbox::audit_ok(conn, "payment_token.revoked", &id, now)?;
+        emit_token(conn, "payment_token.revoked", &id, now)?;
+    }
     Ok(())
 }
 
@@ -870,6 +1008,7 @@ impl Store for SqliteStore {
                         "INSERT INTO data_keys (id, purpose, master_key_id, wrapped, created) VALUES (?1, ?2, ?3, ?4, ?5)",
                         params![k.id, k.purpose, k.master_key_id, k.wrapped, k.created],
                     )?;
+                    outbox::audit_ok(conn, "data_key.created", &k.id, k.created)?;
                 }
                 Ok(())
             },
@@ -888,8 +1027,19 @@ impl Store for SqliteStore {
     }
 
     async fn set_admin_key_hash(&self, hash: SecretHash) -> StoreResult<()> {
-        self.write(move |conn| set_meta(conn, "admin_key_hash", &hash.0), None)
-            .await
+        self.write(
+            move |conn| {
+                set_meta(conn, "admin_key_hash", &hash.0)?;
+                outbox::audit_ok(
+                    conn,
+                    "admin_key.created",
+                    "admin",
+                    crate::clock::system_now(),
+                )
+            },
+            None,
+        )
+        .await
     }
 
     async fn clock_offset(&self) -> StoreResult<i64> {
@@ -904,7 +1054,15 @@ impl Store for SqliteStore {
 
     async fn set_clock_offset(&self, offset_secs: i64) -> StoreResult<()> {
         self.write(
-            move |conn| set_meta(conn, "clock_offset_secs", &offset_secs.to_be_bytes()),
+            move |conn| {
+                set_meta(conn, "clock_offset_secs", &offset_secs.to_be_bytes())?;
+                outbox::audit_ok(
+                    conn,
+                    "test_clock.advanced",
+                    &offset_secs.to_string(),
+                    crate::clock::system_now().saturating_add(offset_secs),
+                )
+            },
             None,
         )
         .await
@@ -1021,6 +1179,7 @@ impl Store for SqliteStore {
                     metadata_to(&customer.metadata),
                     customer.created
                 ])?;
+                outbox::audit_ok(conn, "customer.created", &customer.id, customer.created)?;
                 Ok(customer)
             },
             idem,
@@ -1079,6 +1238,7 @@ impl Store for SqliteStore {
                 ])?;
                 conn.prepare_cached("INSERT INTO api_secrets (hash, role, object_id) VALUES (?1, 'orchestrator', ?2)")?
                     .execute(params![&secret.0[..], credential.id])?;
+                outbox::audit_ok(conn, "credential.created", &credential.id, credential.created)?;
                 Ok(credential)
             },
             idem,
@@ -1124,16 +1284,31 @@ impl Store for SqliteStore {
             move |conn| {
                 // One row, whatever number of tokens hang under it: every
                 // token's standing reads its credential's `active`.
-                conn.prepare_cached(
-                    "UPDATE credentials SET active = 0, revoked_at = ?2 WHERE id = ?1 AND active = 1",
-                )?
-                .execute(params![id, now])?;
+                let changed = conn
+                    .prepare_cached(
+                        "UPDATE credentials SET active = 0, revoked_at = ?2 WHERE id = ?1 AND active = 1",
+                    )?
+                    .execute(params![id, now])?;
                 conn.prepare_cached("DELETE FROM api_secrets WHERE object_id = ?1 AND role = 'orchestrator'")?
                     .execute([&id])?;
-                conn.prepare_cached(&format!("SELECT {CREDENTIAL_COLS} FROM credentials WHERE id = ?1"))?
+                let credential = conn
+                    .prepare_cached(&format!("SELECT {CREDENTIAL_COLS} FROM credentials WHERE id = ?1"))?
                     .query_row([&id], credential_row)
                     .optional()?
-                    .ok_or_else(|| not_found("credential", &id))
+                    .ok_or_else(|| not_found("credential", &id))?;
+                if changed > 0 {
+                    outbox::audit_ok(conn, "credential.revoked", &credential.id, now)?;
+                    outbox::emit(
+                        conn,
+                        "credential.revoked",
+                        &json(&crate::views::credential(&credential, None)),
+                        &credential.id,
+                        Some(&credential.customer_id),
+                        None,
+                        now,
+                    )?;
+                }
+                Ok(credential)
             },
             idem,
         )
@@ -1161,6 +1336,7 @@ impl Store for SqliteStore {
                     "INSERT INTO api_secrets (hash, role, object_id) VALUES (?1, 'provider', ?2)",
                 )?
                 .execute(params![&secret.0[..], provider.id])?;
+                outbox::audit_ok(conn, "provider.created", &provider.id, provider.created)?;
                 Ok(provider)
             },
             idem,
@@ -1217,6 +1393,12 @@ impl Store for SqliteStore {
                     "INSERT INTO api_secrets (hash, role, object_id) VALUES (?1, 'provider', ?2)",
                 )?
                 .execute(params![&secret.0[..], id])?;
+                outbox::audit_ok(
+                    conn,
+                    "provider.secret_rolled",
+                    &provider.id,
+                    crate::clock::system_now(),
+                )?;
                 Ok(provider)
             },
             idem,
@@ -1257,6 +1439,7 @@ impl Store for SqliteStore {
                     new.sealed_number.ciphertext,
                     m.created
                 ])?;
+                outbox::audit_ok(conn, "payment_method.created", &m.id, m.created)?;
                 Ok(new.method.clone())
             },
             idem,
@@ -1324,7 +1507,19 @@ impl Store for SqliteStore {
                     "UPDATE payment_methods SET active = 0, detached_at = ?2 WHERE id = ?1 AND active = 1",
                 )?
                 .execute(params![id, now])?;
-                pm.active = false;
+                if pm.active {
+                    pm.active = false;
+                    outbox::audit_ok(conn, "payment_method.detached", &pm.id, now)?;
+                    outbox::emit(
+                        conn,
+                        "payment_method.detached",
+                        &json(&crate::views::payment_method(&pm)),
+                        &pm.id,
+                        Some(&pm.customer_id),
+                        None,
+                        now,
+                    )?;
+                }
                 Ok(pm)
             },
             idem,
@@ -1391,7 +1586,18 @@ impl Store for SqliteStore {
                 conn.prepare_cached("INSERT INTO api_secrets (hash, role, object_id) VALUES (?1, 'token', ?2)")?
                     .execute(params![&new.secret_hash.0[..], t.id])?;
                 let row = load_token(conn, &t.id)?.ok_or_else(|| not_found("payment_token", &t.id))?;
-                details(conn, row, now)
+                let d = details(conn, row, now)?;
+                outbox::audit_ok(conn, "payment_token.created", &d.token.id, now)?;
+                outbox::emit(
+                    conn,
+                    "payment_token.created",
+                    &json(&crate::views::token(&d, None)),
+                    &d.token.id,
+                    Some(&d.token.customer_id),
+                    None,
+                    now,
+                )?;
+                Ok(d)
             },
             idem,
         )
@@ -1491,6 +1697,7 @@ impl Store for SqliteStore {
                         }
                         conn.prepare_cached("UPDATE tokens SET status = 'suspended', status_changed = ?2 WHERE id = ?1")?
                             .execute(params![id, now])?;
+                        outbox::audit_ok(conn, "payment_token.suspended", &id, now)?;
                     }
                     TokenChange::Resume => {
                         if current != Status::Suspended {
@@ -1501,6 +1708,7 @@ impl Store for SqliteStore {
                         }
                         conn.prepare_cached("UPDATE tokens SET status = 'active', status_changed = ?2 WHERE id = ?1")?
                             .execute(params![id, now])?;
+                        outbox::audit_ok(conn, "payment_token.resumed", &id, now)?;
                     }
                 }
                 let row = load_token(conn, &id)?.ok_or_else(|| not_found("payment_token", &id))?;
@@ -1549,10 +1757,97 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn revoke_token_for_misuse(&self, token_id: &str, now: UnixSecs) -> StoreResult<()> {
+    async fn revoke_token_for_misuse(
+        &self,
+        token_id: &str,
+        presented_by: &str,
+        now: UnixSecs,
+    ) -> StoreResult<()> {
         let token_id = token_id.to_owned();
+        let presented_by = presented_by.to_owned();
         self.write(
-            move |conn| revoke_with_descendants(conn, &token_id, now),
+            move |conn| {
+                outbox::audit(
+                    conn,
+                    "payment_token.misuse_attempt",
+                    &token_id,
+                    "refused",
+                    Some(&format!(
+                        "token_scope_mismatch (presented by {presented_by})"
+                    )),
+                    now,
+                )?;
+                emit_token(conn, "payment_token.misuse_attempt", &token_id, now)?;
+                revoke_with_descendants(conn, &token_id, now)
+            },
+            None,
+        )
+        .await
+    }
+
+    async fn record_refusal(&self, attempt: ChargeAttempt, now: UnixSecs) -> StoreResult<()> {
+        self.write(
+            move |conn| {
+                let object = attempt.token_id.as_deref().unwrap_or("unknown_token");
+                outbox::audit(
+                    conn,
+                    "charge.refused",
+                    object,
+                    "refused",
+                    Some(&attempt.code),
+                    now,
+                )
+            },
+            None,
+        )
+        .await
+    }
+
+    async fn record_decline(
+        &self,
+        new: NewCharge,
+        decline_code: &str,
+        now: UnixSecs,
+    ) -> StoreResult<Charge> {
+        let decline_code = decline_code.to_owned();
+        self.write(
+            move |conn| {
+                let (customer_id, payment_method_id, brand, last4) =
+                    charge_card(conn, &new.token_id)?;
+                let charge = Charge {
+                    id: new.id,
+                    token_id: new.token_id,
+                    provider_id: new.provider_id,
+                    customer_id,
+                    payment_method_id,
+                    amount: new.amount.get(),
+                    amount_captured: 0,
+                    amount_refunded: 0,
+                    currency: new.currency,
+                    status: ChargeStatus::Failed,
+                    description: new.description,
+                    metadata: new.metadata,
+                    brand,
+                    last4,
+                    created: now,
+                    capture_before: None,
+                    network_reference: new.network_reference,
+                    fee: 0,
+                    failure_code: Some("card_declined".into()),
+                    decline_code: Some(decline_code),
+                };
+                insert_charge(conn, &charge)?;
+                outbox::audit(
+                    conn,
+                    "charge.failed",
+                    &charge.id,
+                    "refused",
+                    charge.decline_code.as_deref(),
+                    now,
+                )?;
+                emit_charge(conn, "charge.failed", &charge, now)?;
+                Ok(charge)
+            },
             None,
         )
         .await
@@ -1579,12 +1874,7 @@ impl Store for SqliteStore {
                     now,
                 )
                 .map_err(StoreError::Refused)?;
-                let (customer_id, payment_method_id, brand, last4): (String, String, String, String) = conn
-                    .prepare_cached(
-                        "SELECT t.customer_id, pm.id, pm.brand, pm.last4 FROM tokens t
-                         JOIN payment_methods pm ON pm.id = t.payment_method_id WHERE t.id = ?1",
-                    )?
-                    .query_row([&new.token_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+                let (customer_id, payment_method_id, brand, last4) = charge_card(conn, &new.token_id)?;
                 let amount = new.amount.get();
                 let fee = if new.capture {
                     config.fees.fee(amount, new.currency)
@@ -1614,32 +1904,10 @@ impl Store for SqliteStore {
                     capture_before: (!new.capture).then_some(now + limits::HOLD_TTL_SECS),
                     network_reference: new.network_reference,
                     fee,
+                    failure_code: None,
+                    decline_code: None,
                 };
-                conn.prepare_cached(
-                    "INSERT INTO charges (id, token_id, provider_id, customer_id, payment_method_id, amount,
-                       amount_captured, amount_refunded, currency, status, description, metadata, brand, last4,
-                       created, capture_before, network_reference, fee)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
-                )?
-                .execute(params![
-                    charge.id,
-                    charge.token_id,
-                    charge.provider_id,
-                    charge.customer_id,
-                    charge.payment_method_id,
-                    charge.amount,
-                    charge.amount_captured,
-                    charge.currency.code(),
-                    charge.status.name(),
-                    charge.description,
-                    metadata_to(&charge.metadata),
-                    charge.brand,
-                    charge.last4,
-                    charge.created,
-                    charge.capture_before,
-                    charge.network_reference,
-                    charge.fee
-                ])?;
+                insert_charge(conn, &charge)?;
                 if new.capture {
                     adjust_spend(conn, &charge.token_id, now, amount, 0)?;
                     ledger::capture(
@@ -1665,11 +1933,14 @@ impl Store for SqliteStore {
                         now,
                     )?;
                 }
+                outbox::audit_ok(conn, "charge.created", &charge.id, now)?;
+                emit_charge(conn, "charge.succeeded", &charge, now)?;
                 if chain.first().is_some_and(|l| l.scope.usage == Usage::SingleUse) {
                     conn.prepare_cached(
                         "UPDATE tokens SET status = 'exhausted', status_changed = ?2 WHERE id = ?1 AND status = 'active'",
                     )?
                     .execute(params![charge.token_id, now])?;
+                    emit_token(conn, "payment_token.exhausted", &charge.token_id, now)?;
                 }
                 Ok(charge)
             },
@@ -1717,7 +1988,7 @@ impl Store for SqliteStore {
                             message: "This charge has already been captured.".into(),
                         })
                     }
-                    ChargeStatus::Canceled => {
+                    ChargeStatus::Canceled | ChargeStatus::Failed => {
                         return Err(StoreError::Conflict {
                             code: "charge_not_capturable",
                             message: "This charge was canceled or its hold expired; it can no longer be captured.".into(),
@@ -1766,6 +2037,8 @@ impl Store for SqliteStore {
                 charge.amount_captured = capture;
                 charge.capture_before = None;
                 charge.fee = fee;
+                outbox::audit_ok(conn, "charge.captured", &charge.id, now)?;
+                emit_charge(conn, "charge.captured", &charge, now)?;
                 Ok(charge)
             },
             idem,
@@ -1777,7 +2050,7 @@ impl Store for SqliteStore {
         &self,
         id: &str,
         provider_id: Option<&str>,
-        _now: UnixSecs,
+        now: UnixSecs,
         idem: Option<IdemWrite<Charge>>,
     ) -> StoreResult<Charge> {
         let id = id.to_owned();
@@ -1791,12 +2064,12 @@ impl Store for SqliteStore {
                         message: "This charge has been captured; refund it instead of canceling."
                             .into(),
                     }),
-                    ChargeStatus::Canceled => Err(StoreError::Conflict {
+                    ChargeStatus::Canceled | ChargeStatus::Failed => Err(StoreError::Conflict {
                         code: "charge_not_capturable",
                         message: "This charge is already canceled.".into(),
                     }),
                     ChargeStatus::RequiresCapture => {
-                        release_hold(conn, &mut charge)?;
+                        release_hold(conn, &mut charge, now)?;
                         Ok(charge)
                     }
                 }
@@ -1846,6 +2119,7 @@ impl Store for SqliteStore {
                 // Headroom returns to the window the charge was made in: a
                 // refund of last month's charge does not raise this month's cap.
                 adjust_spend(conn, &charge.token_id, charge.created, -amount, 0)?;
+                let from_pending = ledger::take_from_settlement(conn, &charge.id, amount)?;
                 ledger::post(
                     conn,
                     "refund",
@@ -1853,9 +2127,10 @@ impl Store for SqliteStore {
                     &new.id,
                     &charge.provider_id,
                     charge.currency,
-                    &scrip_core::ledger::refund(&charge.provider_id, amount),
+                    &scrip_core::ledger::refund(&charge.provider_id, from_pending, amount - from_pending),
                     now,
                 )?;
+                let charge_after = charge.clone();
                 let refund = Refund {
                     id: new.id,
                     charge_id: charge.id,
@@ -1878,6 +2153,10 @@ impl Store for SqliteStore {
                     metadata_to(&refund.metadata),
                     refund.created
                 ])?;
+                outbox::audit_ok(conn, "refund.created", &refund.id, now)?;
+                let mut refunded = charge_after;
+                refunded.amount_refunded += amount;
+                emit_charge(conn, "charge.refunded", &refunded, now)?;
                 Ok(refund)
             },
             idem,
@@ -1931,7 +2210,7 @@ impl Store for SqliteStore {
                     .collect::<rusqlite::Result<Vec<Charge>>>()?;
                 let holds_released = expired.len();
                 for mut charge in expired {
-                    release_hold(conn, &mut charge)?;
+                    release_hold(conn, &mut charge, now)?;
                 }
                 let settlements = ledger::settle_due(conn, now)?;
                 let payouts_paid = ledger::complete_payouts(conn, now)?;
@@ -2003,6 +2282,232 @@ impl Store for SqliteStore {
             page(conn, list, &req, ledger::payout_row)
         })
         .await
+    }
+
+    async fn events(&self, filter: EventFilter, req: PageRequest) -> StoreResult<Page<Event>> {
+        self.read(move |conn| {
+            let list = ListSql::new(outbox::EVENT_COLS, "events e", "event")
+                .filter("e.customer_id = ?", filter.customer_id)
+                .filter("e.provider_id = ?", filter.provider_id)
+                .filter("e.type = ?", filter.kind)
+                .filter("e.created >= ?", filter.created_gte)
+                .filter("e.created < ?", filter.created_lt);
+            page(conn, list, &req, outbox::event_row)
+        })
+        .await
+    }
+
+    async fn event(&self, id: &str, filter: EventFilter) -> StoreResult<Event> {
+        let id = id.to_owned();
+        self.read(move |conn| {
+            conn.prepare_cached(&format!(
+                "SELECT {} FROM events WHERE id = ?1",
+                outbox::EVENT_COLS
+            ))?
+            .query_row([&id], outbox::event_row)
+            .optional()?
+            .filter(|e| outbox::visible(e, &filter))
+            .ok_or_else(|| not_found("event", &id))
+        })
+        .await
+    }
+
+    async fn resend_event(
+        &self,
+        id: &str,
+        filter: EventFilter,
+        owner: Option<Owner>,
+    ) -> StoreResult<usize> {
+        let id = id.to_owned();
+        self.write(
+            move |conn| {
+                let n = outbox::resend(conn, &id, &filter, owner.as_ref())?;
+                outbox::audit_ok(conn, "event.resent", &id, crate::clock::system_now())?;
+                Ok(n)
+            },
+            None,
+        )
+        .await
+    }
+
+    async fn create_webhook_endpoint(
+        &self,
+        new: NewWebhookEndpoint,
+        idem: Option<IdemWrite<WebhookEndpoint>>,
+    ) -> StoreResult<WebhookEndpoint> {
+        self.write(
+            move |conn| {
+                outbox::insert_endpoint(conn, &new)?;
+                outbox::audit_ok(
+                    conn,
+                    "webhook_endpoint.created",
+                    &new.endpoint.id,
+                    new.endpoint.created,
+                )?;
+                Ok(new.endpoint)
+            },
+            idem,
+        )
+        .await
+    }
+
+    async fn webhook_endpoint(
+        &self,
+        id: &str,
+        owner: Option<Owner>,
+    ) -> StoreResult<WebhookEndpoint> {
+        let id = id.to_owned();
+        self.read(move |conn| outbox::load_endpoint(conn, &id, owner.as_ref()))
+            .await
+    }
+
+    async fn webhook_endpoints(
+        &self,
+        owner: Option<Owner>,
+        req: PageRequest,
+    ) -> StoreResult<Page<WebhookEndpoint>> {
+        self.read(move |conn| {
+            let list = ListSql::new(
+                outbox::ENDPOINT_COLS,
+                "webhook_endpoints w",
+                "webhook_endpoint",
+            )
+            .condition("w.deleted = 0")
+            .filter(
+                "w.owner_kind = ?",
+                owner.as_ref().map(|o| o.kind().to_owned()),
+            )
+            .filter("w.owner_id = ?", owner.as_ref().map(|o| o.id().to_owned()));
+            page(conn, list, &req, outbox::endpoint_row)
+        })
+        .await
+    }
+
+    async fn update_webhook_endpoint(
+        &self,
+        id: &str,
+        owner: Option<Owner>,
+        update: EndpointUpdate,
+        now: UnixSecs,
+        idem: Option<IdemWrite<WebhookEndpoint>>,
+    ) -> StoreResult<WebhookEndpoint> {
+        let id = id.to_owned();
+        self.write(
+            move |conn| {
+                let mut e = outbox::load_endpoint(conn, &id, owner.as_ref())?;
+                if let Some(url) = update.url {
+                    e.url = url;
+                }
+                if let Some(events) = update.enabled_events {
+                    e.enabled_events = events;
+                }
+                if let Some(d) = update.description {
+                    e.description = Some(d);
+                }
+                conn.prepare_cached(
+                    "UPDATE webhook_endpoints SET url = ?2, enabled_events = ?3, description = ?4 WHERE id = ?1",
+                )?
+                .execute(params![
+                    e.id,
+                    e.url,
+                    serde_json::to_string(&e.enabled_events).unwrap_or_else(|_| "[]".into()),
+                    e.description
+                ])?;
+                outbox::audit_ok(conn, "webhook_endpoint.updated", &e.id, now)?;
+                Ok(e)
+            },
+            idem,
+        )
+        .await
+    }
+
+    async fn delete_webhook_endpoint(
+        &self,
+        id: &str,
+        owner: Option<Owner>,
+        now: UnixSecs,
+    ) -> StoreResult<WebhookEndpoint> {
+        let id = id.to_owned();
+        self.write(
+            move |conn| {
+                let e = outbox::load_endpoint(conn, &id, owner.as_ref())?;
+                conn.prepare_cached("UPDATE webhook_endpoints SET deleted = 1 WHERE id = ?1")?
+                    .execute([&e.id])?;
+                // Nothing more goes to a deleted endpoint.
+                conn.prepare_cached(
+                    "UPDATE deliveries SET status = 'failed', next_attempt_at = NULL
+                     WHERE endpoint_id = ?1 AND status = 'pending'",
+                )?
+                .execute([&e.id])?;
+                outbox::audit_ok(conn, "webhook_endpoint.deleted", &e.id, now)?;
+                Ok(e)
+            },
+            None,
+        )
+        .await
+    }
+
+    async fn deliveries(
+        &self,
+        endpoint_id: &str,
+        owner: Option<Owner>,
+        req: PageRequest,
+    ) -> StoreResult<Page<Delivery>> {
+        let endpoint_id = endpoint_id.to_owned();
+        self.read(move |conn| {
+            outbox::load_endpoint(conn, &endpoint_id, owner.as_ref())?;
+            let list = ListSql::new(outbox::DELIVERY_COLS, "deliveries d", "delivery")
+                .filter("d.endpoint_id = ?", Some(endpoint_id));
+            let mut rows = page(conn, list, &req, outbox::delivery_row)?;
+            for d in &mut rows.data {
+                d.attempts = outbox::attempts_of(conn, &d.id)?;
+            }
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn claim_deliveries(
+        &self,
+        real_now: UnixSecs,
+        limit: usize,
+        in_flight: std::collections::HashMap<String, usize>,
+    ) -> StoreResult<Vec<DeliveryJob>> {
+        self.write(
+            move |conn| outbox::claim(conn, real_now, limit, &in_flight, DELIVERY_LEASE_SECS),
+            None,
+        )
+        .await
+    }
+
+    async fn record_delivery_attempt(
+        &self,
+        delivery_id: &str,
+        outcome: AttemptOutcome,
+        real_now: UnixSecs,
+    ) -> StoreResult<()> {
+        let delivery_id = delivery_id.to_owned();
+        self.write(
+            move |conn| outbox::record_attempt(conn, &delivery_id, &outcome, real_now),
+            None,
+        )
+        .await
+    }
+
+    async fn audit_events(&self, req: PageRequest) -> StoreResult<Page<AuditRecord>> {
+        self.read(move |conn| {
+            page(
+                conn,
+                ListSql::new(outbox::AUDIT_COLS, "audit_events a", "audit_event"),
+                &req,
+                outbox::audit_row,
+            )
+        })
+        .await
+    }
+
+    async fn verify_audit(&self) -> StoreResult<AuditVerification> {
+        self.read(outbox::verify_audit).await
     }
 
     async fn verify_ledger(&self) -> StoreResult<LedgerVerification> {

@@ -421,13 +421,17 @@ async fn network_declines_spend_nothing() {
         );
         assert_eq!(t["spend"]["remaining"], 10000);
     }
-    assert_eq!(
-        w.app.get("/v1/charges", &w.provider_secret).await.ok()["data"]
-            .as_array()
-            .unwrap()
-            .len(),
-        0
-    );
+    // Each decline is kept as a `failed` charge that spent nothing.
+    let charges = w.app.get("/v1/charges", &w.provider_secret).await.ok();
+    let charges = charges["data"].as_array().unwrap();
+    assert_eq!(charges.len(), 3);
+    for c in charges {
+        assert_eq!(c["status"], "failed");
+        assert_eq!(c["failure_code"], "card_declined");
+        assert_eq!(c["amount_captured"], 0);
+    }
+    let v = w.app.get("/v1/ledger/verify", ADMIN).await.ok();
+    assert_eq!(v["balanced"], true, "{v}");
 }
 
 #[tokio::test]

@@ -152,6 +152,26 @@ pub(super) fn capture(
     Ok(())
 }
 
+/// A refund of a charge whose funds have not settled yet comes out of what
+/// will settle, as far as it goes. Returns how much of `amount` that covers
+/// (the rest comes out of the available balance).
+pub(super) fn take_from_settlement(
+    conn: &Connection,
+    charge_id: &str,
+    amount: i64,
+) -> StoreResult<i64> {
+    let unsettled: Option<i64> = conn
+        .prepare_cached("SELECT amount FROM settlements WHERE charge_id = ?1 AND settled = 0")?
+        .query_row([charge_id], |r| r.get(0))
+        .optional()?;
+    let taken = unsettled.map(|n| n.clamp(0, amount)).unwrap_or(0);
+    if taken > 0 {
+        conn.prepare_cached("UPDATE settlements SET amount = amount - ?2 WHERE charge_id = ?1")?
+            .execute(params![charge_id, taken])?;
+    }
+    Ok(taken)
+}
+
 /// Moves every settlement due by `now` from pending to available, one
 /// transaction per provider and currency.
 pub(super) fn settle_due(conn: &Connection, now: UnixSecs) -> StoreResult<usize> {
@@ -178,6 +198,7 @@ pub(super) fn settle_due(conn: &Connection, now: UnixSecs) -> StoreResult<usize>
     for ((provider_id, currency), amount) in &sums {
         if *amount != 0 {
             let reference = format!("settlement:{provider_id}:{now}");
+            super::outbox::audit_ok(conn, "balance.settled", provider_id, now)?;
             post(
                 conn,
                 "settlement",
@@ -244,6 +265,20 @@ pub(super) fn balance(conn: &Connection, provider_id: &str) -> StoreResult<Vec<B
     Ok(lines)
 }
 
+/// A payout event goes to its provider only.
+fn emit_payout(conn: &Connection, kind: &str, payout: &Payout, now: UnixSecs) -> StoreResult<()> {
+    let json = serde_json::to_vec(&crate::views::payout(payout)).unwrap_or_default();
+    super::outbox::emit(
+        conn,
+        kind,
+        &json,
+        &payout.id,
+        None,
+        Some(&payout.provider_id),
+        now,
+    )
+}
+
 pub(super) const PAYOUT_COLS: &str =
     "id, provider_id, amount, currency, status, arrival_date, automatic, created";
 
@@ -286,12 +321,22 @@ pub(super) fn create_payout(
     )?;
     let available = -posted;
     let amount = new.amount.unwrap_or(available);
-    if amount <= 0 || amount > available {
+    if available <= 0 {
+        return Err(StoreError::Conflict {
+            code: "insufficient_available_balance",
+            message: format!(
+                "There is nothing available to pay out in {}: the available balance is {}.",
+                new.currency,
+                new.currency.display(available)
+            ),
+        });
+    }
+    if amount > available {
         return Err(StoreError::Conflict {
             code: "insufficient_available_balance",
             message: format!(
                 "The payout of {} exceeds the available balance of {}.",
-                new.currency.display(amount.max(0)),
+                new.currency.display(amount),
                 new.currency.display(available)
             ),
         });
@@ -330,6 +375,8 @@ pub(super) fn create_payout(
         &ledger::payout(&payout.provider_id, amount),
         now,
     )?;
+    super::outbox::audit_ok(conn, "payout.created", &payout.id, now)?;
+    emit_payout(conn, "payout.created", &payout, now)?;
     Ok(payout)
 }
 
@@ -344,6 +391,12 @@ pub(super) fn complete_payouts(conn: &Connection, now: UnixSecs) -> StoreResult<
     for p in &arrived {
         conn.prepare_cached("UPDATE payouts SET status = 'paid' WHERE id = ?1")?
             .execute([&p.id])?;
+        let paid = Payout {
+            status: PayoutStatus::Paid,
+            ..p.clone()
+        };
+        super::outbox::audit_ok(conn, "payout.paid", &p.id, now)?;
+        emit_payout(conn, "payout.paid", &paid, now)?;
         post(
             conn,
             "payout_paid",
@@ -507,7 +560,7 @@ pub(super) fn verify(conn: &Connection) -> StoreResult<LedgerVerification> {
         let (captured, pending) = match c.status {
             ChargeStatus::Succeeded => (c.amount_captured - c.amount_refunded, 0),
             ChargeStatus::RequiresCapture => (0, c.amount),
-            ChargeStatus::Canceled => (0, 0),
+            ChargeStatus::Canceled | ChargeStatus::Failed => (0, 0),
         };
         let mut next = Some(c.token_id.clone());
         let mut depth = 0;

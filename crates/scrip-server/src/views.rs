@@ -1,6 +1,7 @@
-//! Response bodies: the boundary types that derive `Serialize`. Each is a
-//! pure function of a store record, so a response remembered under an
-//! idempotency key is byte-for-byte what the first request returned.
+//! Response bodies and event payloads: the boundary types that derive
+//! `Serialize`. Each is a pure function of a store record, so a response
+//! remembered under an idempotency key is byte-for-byte what the first
+//! request returned, and an event holds the object as it was.
 
 use serde::Serialize;
 
@@ -274,6 +275,9 @@ pub struct ChargeView<'a> {
     pub capture_before: Option<i64>,
     /// The processor's fee, taken at capture (0 until captured).
     pub fee: i64,
+    /// For a `failed` charge: `card_declined`, and the network's reason.
+    pub failure_code: Option<&'a str>,
+    pub decline_code: Option<&'a str>,
     pub payment_token: &'a str,
     pub provider: &'a str,
     pub description: Option<&'a str>,
@@ -295,6 +299,8 @@ pub fn charge(c: &Charge) -> ChargeView<'_> {
         refunded: c.amount_captured > 0 && c.amount_refunded == c.amount_captured,
         capture_before: c.capture_before,
         fee: c.fee,
+        failure_code: c.failure_code.as_deref(),
+        decline_code: c.decline_code.as_deref(),
         payment_token: &c.token_id,
         provider: &c.provider_id,
         description: c.description.as_deref(),
@@ -506,5 +512,146 @@ pub fn report(lines: &[ReportLine], from: Option<i64>, to: Option<i64>) -> Repor
                 paid_out: l.paid_out,
             })
             .collect(),
+    }
+}
+
+/// An event's stored JSON, embedded as is.
+pub fn event(e: &Event) -> Box<serde_json::value::RawValue> {
+    serde_json::value::RawValue::from_string(e.json.clone()).unwrap_or_else(|_| {
+        serde_json::value::RawValue::from_string("null".into()).unwrap_or_default()
+    })
+}
+
+#[derive(Serialize)]
+pub struct WebhookEndpointView<'a> {
+    pub id: &'a str,
+    pub object: &'static str,
+    pub created: i64,
+    pub url: &'a str,
+    pub enabled_events: &'a [String],
+    pub description: Option<&'a str>,
+    pub status: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<&'a str>,
+}
+
+pub fn webhook_endpoint<'a>(
+    e: &'a WebhookEndpoint,
+    secret: Option<&'a str>,
+) -> WebhookEndpointView<'a> {
+    WebhookEndpointView {
+        id: &e.id,
+        object: "webhook_endpoint",
+        created: e.created,
+        url: &e.url,
+        enabled_events: &e.enabled_events,
+        description: e.description.as_deref(),
+        status: &e.status,
+        secret,
+    }
+}
+
+#[derive(Serialize)]
+pub struct DeletedView<'a> {
+    pub id: &'a str,
+    pub object: &'static str,
+    pub deleted: bool,
+}
+
+#[derive(Serialize)]
+pub struct AttemptView<'a> {
+    pub attempted_at: i64,
+    pub status_code: Option<u16>,
+    pub latency_ms: i64,
+    pub error: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+pub struct DeliveryView<'a> {
+    pub id: &'a str,
+    pub object: &'static str,
+    pub created: i64,
+    pub webhook_endpoint: &'a str,
+    pub event: &'a str,
+    pub event_type: &'a str,
+    pub status: &'a str,
+    pub attempt_count: i64,
+    pub next_attempt_at: Option<i64>,
+    pub attempts: Vec<AttemptView<'a>>,
+}
+
+pub fn delivery(d: &Delivery) -> DeliveryView<'_> {
+    DeliveryView {
+        id: &d.id,
+        object: "webhook_delivery",
+        created: d.created,
+        webhook_endpoint: &d.endpoint_id,
+        event: &d.event_id,
+        event_type: &d.event_type,
+        status: &d.status,
+        attempt_count: d.attempt_count,
+        next_attempt_at: d.next_attempt_at,
+        attempts: d
+            .attempts
+            .iter()
+            .map(|a| AttemptView {
+                attempted_at: a.attempted_at,
+                status_code: a.status_code,
+                latency_ms: a.latency_ms,
+                error: a.error.as_deref(),
+            })
+            .collect(),
+    }
+}
+
+#[derive(Serialize)]
+pub struct AuditView<'a> {
+    pub id: &'a str,
+    pub object: &'static str,
+    pub created: i64,
+    pub seq: i64,
+    pub actor: &'a str,
+    pub request_id: Option<&'a str>,
+    pub action: &'a str,
+    pub object_id: &'a str,
+    pub outcome: &'a str,
+    pub code: Option<&'a str>,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+pub fn audit(r: &AuditRecord) -> AuditView<'_> {
+    AuditView {
+        id: &r.id,
+        object: "audit_event",
+        created: r.created,
+        seq: r.seq,
+        actor: &r.actor,
+        request_id: r.request_id.as_deref(),
+        action: &r.action,
+        object_id: &r.object_id,
+        outcome: &r.outcome,
+        code: r.code.as_deref(),
+        prev_hash: hex::encode(r.prev_hash),
+        hash: hex::encode(r.hash),
+    }
+}
+
+#[derive(Serialize)]
+pub struct AuditVerificationView {
+    pub object: &'static str,
+    pub valid: bool,
+    pub records: u64,
+    pub first_broken_seq: Option<i64>,
+    pub head_hash: Option<String>,
+}
+
+pub fn audit_verification(v: &AuditVerification) -> AuditVerificationView {
+    AuditVerificationView {
+        object: "audit_verification",
+        valid: v.first_broken.is_none(),
+        records: v.records,
+        first_broken_seq: v.first_broken,
+        head_hash: v.head_hash.map(hex::encode),
     }
 }
