@@ -21,6 +21,7 @@
 mod error;
 mod params;
 mod types;
+pub mod webhook;
 
 use std::fmt;
 use std::sync::Arc;
@@ -32,12 +33,16 @@ use serde::Serialize;
 use serde_json::Value;
 
 pub use error::{ApiError, Error};
-pub use params::{CardParams, ChargeParams, CustomerParams, TokenParams};
+pub use params::{
+    CardParams, ChargeParams, CustomerParams, EventListParams, TokenParams, WebhookEndpointParams,
+    WebhookEndpointUpdate,
+};
 pub use types::{
-    Amount, Balance, BalanceMismatch, Cap, Card, Charge, ChargeCard, Credential, Customer,
+    Amount, AuditEvent, AuditVerification, Balance, BalanceMismatch, Cap, Card, Charge, ChargeCard,
+    Credential, Customer, Deleted, Delivery, DeliveryAttempt, Event, EventData, EventResend,
     LedgerReport, LedgerVerification, List, Metadata, PaymentMethod, PaymentMethodDetails,
     PaymentToken, Payout, Provider, ProviderRef, Refund, ReportLine, Spend, SpendMismatch,
-    SpendPair, TokenSelf,
+    SpendPair, TokenSelf, WebhookEndpoint,
 };
 
 /// Re-exported so callers of [`Client::send`] need not depend on reqwest.
@@ -152,6 +157,22 @@ impl Client {
         body: Option<&B>,
         idempotency_key: Option<&str>,
     ) -> Result<RawResponse, Error> {
+        let (status, headers, bytes) = self.send_bytes(method, path, body, idempotency_key).await?;
+        Ok(RawResponse {
+            status,
+            headers,
+            body: parse_body(&bytes),
+        })
+    }
+
+    /// Sends a request; returns the status, headers and raw body bytes.
+    async fn send_bytes<B: Serialize + ?Sized>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+        idempotency_key: Option<&str>,
+    ) -> Result<(u16, HeaderMap, Vec<u8>), Error> {
         let url = format!("{}{}", self.base_url, path);
         let mut request = self.http.request(method, &url);
         if let Some(secret) = &self.secret {
@@ -184,16 +205,7 @@ impl Client {
         if let Some(observer) = &self.observer {
             observer(&bytes);
         }
-        let body = if bytes.iter().all(u8::is_ascii_whitespace) {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null)
-        };
-        Ok(RawResponse {
-            status,
-            headers,
-            body,
-        })
+        Ok((status, headers, bytes.to_vec()))
     }
 
     /// Sends a request and decodes a 2xx body as `T`; any other status is
@@ -204,11 +216,16 @@ impl Client {
         path: &str,
         body: Option<&B>,
     ) -> Result<T, Error> {
-        let raw = self.send_json(method, path, body, None).await?;
-        if let Some(e) = raw.api_error() {
-            return Err(Error::Api(e));
+        let (status, _, bytes) = self.send_bytes(method, path, body, None).await?;
+        if !(200..300).contains(&status) {
+            return Err(Error::Api(ApiError::from_response(
+                status,
+                &parse_body(&bytes),
+            )));
         }
-        serde_json::from_value(raw.body).map_err(|e| Error::Decode(format!("{path}: {e}")))
+        // Decoded from the bytes, not from a `Value`, so a type may keep
+        // raw JSON text (as `Event` does).
+        serde_json::from_slice(&bytes).map_err(|e| Error::Decode(format!("{path}: {e}")))
     }
 
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, Error> {
@@ -467,6 +484,158 @@ impl Client {
     }
 }
 
+impl Client {
+    // --- events and webhooks ----------------------------------------------------
+
+    /// `GET /v1/events`: the caller's events, newest first.
+    pub async fn list_events(&self, params: &EventListParams) -> Result<List<Event>, Error> {
+        self.get(&with_query(
+            "/v1/events",
+            &[
+                ("type", params.kind.clone()),
+                ("created[gte]", params.created_gte.map(|t| t.to_string())),
+                ("created[lt]", params.created_lt.map(|t| t.to_string())),
+                ("limit", params.limit.map(|l| l.to_string())),
+                ("starting_after", params.starting_after.clone()),
+            ],
+        ))
+        .await
+    }
+
+    pub async fn get_event(&self, id: &str) -> Result<Event, Error> {
+        self.get(&format!("/v1/events/{}", encode(id))).await
+    }
+
+    /// `POST /v1/events/{id}/resend`: queues the event again to the
+    /// caller's endpoints that want it.
+    pub async fn resend_event(&self, id: &str) -> Result<EventResend, Error> {
+        self.post(&format!("/v1/events/{}/resend", encode(id)), &empty())
+            .await
+    }
+
+    /// `POST /v1/webhook_endpoints` for `enabled_events` (`["*"]` for all).
+    /// The answer carries the `whsec_…` signing secret, this once.
+    pub async fn create_webhook_endpoint(
+        &self,
+        url: &str,
+        enabled_events: &[&str],
+    ) -> Result<WebhookEndpoint, Error> {
+        self.create_webhook_endpoint_with(&WebhookEndpointParams {
+            url: url.to_owned(),
+            enabled_events: enabled_events.iter().map(|e| (*e).to_owned()).collect(),
+            description: None,
+        })
+        .await
+    }
+
+    /// `POST /v1/webhook_endpoints` with every parameter.
+    pub async fn create_webhook_endpoint_with(
+        &self,
+        params: &WebhookEndpointParams,
+    ) -> Result<WebhookEndpoint, Error> {
+        self.post("/v1/webhook_endpoints", params).await
+    }
+
+    /// `GET /v1/webhook_endpoints` (the server's default page size).
+    pub async fn list_webhook_endpoints(&self) -> Result<List<WebhookEndpoint>, Error> {
+        self.list_webhook_endpoints_page(None, None).await
+    }
+
+    pub async fn list_webhook_endpoints_page(
+        &self,
+        limit: Option<u32>,
+        starting_after: Option<&str>,
+    ) -> Result<List<WebhookEndpoint>, Error> {
+        self.get(&with_query(
+            "/v1/webhook_endpoints",
+            &[
+                ("limit", limit.map(|l| l.to_string())),
+                ("starting_after", starting_after.map(str::to_owned)),
+            ],
+        ))
+        .await
+    }
+
+    pub async fn get_webhook_endpoint(&self, id: &str) -> Result<WebhookEndpoint, Error> {
+        self.get(&format!("/v1/webhook_endpoints/{}", encode(id)))
+            .await
+    }
+
+    /// `POST /v1/webhook_endpoints/{id}`: changes the fields that are set.
+    pub async fn update_webhook_endpoint(
+        &self,
+        id: &str,
+        update: &WebhookEndpointUpdate,
+    ) -> Result<WebhookEndpoint, Error> {
+        self.post(&format!("/v1/webhook_endpoints/{}", encode(id)), update)
+            .await
+    }
+
+    pub async fn delete_webhook_endpoint(&self, id: &str) -> Result<Deleted, Error> {
+        self.call::<Deleted, Value>(
+            Method::DELETE,
+            &format!("/v1/webhook_endpoints/{}", encode(id)),
+            None,
+        )
+        .await
+    }
+
+    /// `GET /v1/webhook_endpoints/{id}/deliveries` (the server's default
+    /// page size), newest first.
+    pub async fn list_deliveries(&self, endpoint_id: &str) -> Result<List<Delivery>, Error> {
+        self.list_deliveries_page(endpoint_id, None, None).await
+    }
+
+    pub async fn list_deliveries_page(
+        &self,
+        endpoint_id: &str,
+        limit: Option<u32>,
+        starting_after: Option<&str>,
+    ) -> Result<List<Delivery>, Error> {
+        self.get(&with_query(
+            &format!("/v1/webhook_endpoints/{}/deliveries", encode(endpoint_id)),
+            &[
+                ("limit", limit.map(|l| l.to_string())),
+                ("starting_after", starting_after.map(str::to_owned)),
+            ],
+        ))
+        .await
+    }
+
+    // --- audit (admin) ----------------------------------------------------------
+
+    /// `GET /v1/audit_events`, newest first.
+    pub async fn list_audit_events(
+        &self,
+        limit: Option<u32>,
+        starting_after: Option<&str>,
+    ) -> Result<List<AuditEvent>, Error> {
+        self.get(&with_query(
+            "/v1/audit_events",
+            &[
+                ("limit", limit.map(|l| l.to_string())),
+                ("starting_after", starting_after.map(str::to_owned)),
+            ],
+        ))
+        .await
+    }
+
+    /// `GET /v1/audit_events/verify`: recomputes the hash chain. A 200
+    /// answer may still say `valid: false`.
+    pub async fn verify_audit(&self) -> Result<AuditVerification, Error> {
+        self.get("/v1/audit_events/verify").await
+    }
+}
+
+/// A body as JSON: `Value::Null` when it is empty or not JSON.
+fn parse_body(bytes: &[u8]) -> Value {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        Value::Null
+    } else {
+        serde_json::from_slice(bytes).unwrap_or(Value::Null)
+    }
+}
+
 #[derive(Serialize)]
 struct AmountBody {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -511,7 +680,7 @@ fn encode(value: &str) -> String {
 fn with_query(path: &str, pairs: &[(&str, Option<String>)]) -> String {
     let query: Vec<String> = pairs
         .iter()
-        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", encode(v))))
+        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{}={}", encode(k), encode(v))))
         .collect();
     if query.is_empty() {
         path.to_owned()
@@ -546,6 +715,35 @@ mod tests {
             ),
             "/v1/tokens?status=active&limit=5"
         );
+    }
+
+    #[test]
+    fn encodes_query_keys_too() {
+        assert_eq!(
+            with_query("/v1/events", &[("created[gte]", Some("5".into()))]),
+            "/v1/events?created%5Bgte%5D=5"
+        );
+    }
+
+    #[test]
+    fn events_keep_their_raw_json() {
+        let text = r#"{"object":"list","data":[{"type":"charge.succeeded","id":"evt_1","object":"event","created":7,"data":{"object":{"z":1,"a":2}}}],"has_more":false}"#;
+        let list: Result<List<Event>, _> = serde_json::from_str(text);
+        let Ok(list) = list else {
+            unreachable!("{list:?}")
+        };
+        let Some(e) = list.data.first() else {
+            unreachable!()
+        };
+        assert_eq!(e.id, "evt_1");
+        assert_eq!(e.kind, "charge.succeeded");
+        assert_eq!(e.created, 7);
+        assert_eq!(e.data.object["a"], 2);
+        assert_eq!(
+            e.raw_json(),
+            r#"{"type":"charge.succeeded","id":"evt_1","object":"event","created":7,"data":{"object":{"z":1,"a":2}}}"#
+        );
+        assert_eq!(serde_json::to_string(e).unwrap_or_default(), e.raw_json());
     }
 
     #[test]

@@ -135,6 +135,42 @@ pub struct ChargeParams {
     pub description: Option<String>,
 }
 
+/// `GET /v1/events` filters and paging; unset fields are left out.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventListParams {
+    /// Only events of this type (`charge.succeeded`, …).
+    pub kind: Option<String>,
+    /// Only events created at or after this Unix time.
+    pub created_gte: Option<i64>,
+    /// Only events created before this Unix time.
+    pub created_lt: Option<i64>,
+    /// 1 to 100 (the server's default is 10).
+    pub limit: Option<u32>,
+    /// An event id: the page continues with older events than this one.
+    pub starting_after: Option<String>,
+}
+
+/// `POST /v1/webhook_endpoints`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct WebhookEndpointParams {
+    pub url: String,
+    /// Event types, or `["*"]` for all.
+    pub enabled_events: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// `POST /v1/webhook_endpoints/{id}`: only the fields that are set change.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct WebhookEndpointUpdate {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled_events: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -350,3 +350,189 @@ pub struct LedgerReport {
     pub to: Option<i64>,
     pub data: Vec<ReportLine>,
 }
+
+/// The `data` of an [`Event`]: the object as it was when the event happened.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventData {
+    pub object: serde_json::Value,
+}
+
+#[derive(Deserialize)]
+struct EventFields {
+    id: String,
+    object: String,
+    #[serde(rename = "type")]
+    kind: String,
+    created: i64,
+    data: EventData,
+}
+
+/// An event (`evt_…`), with the exact JSON text the server sent, which is
+/// what a webhook delivery's body and signature are made of.
+///
+/// It deserializes only from JSON text (as every [`crate::Client`] call
+/// does), not from a `serde_json::Value`, because the raw text is kept;
+/// it serializes back to that text unchanged.
+#[derive(Clone)]
+pub struct Event {
+    pub id: String,
+    pub object: String,
+    /// `charge.succeeded`, `payment_token.created`, …
+    pub kind: String,
+    pub created: i64,
+    pub data: EventData,
+    raw: Box<serde_json::value::RawValue>,
+}
+
+impl Event {
+    /// Parses one event from its JSON text, keeping the text.
+    pub fn from_json(text: &str) -> Result<Event, serde_json::Error> {
+        let raw = serde_json::value::RawValue::from_string(text.to_owned())?;
+        Event::from_raw(raw)
+    }
+
+    fn from_raw(raw: Box<serde_json::value::RawValue>) -> Result<Event, serde_json::Error> {
+        let f: EventFields = serde_json::from_str(raw.get())?;
+        Ok(Event {
+            id: f.id,
+            object: f.object,
+            kind: f.kind,
+            created: f.created,
+            data: f.data,
+            raw,
+        })
+    }
+
+    /// The event's JSON exactly as the server rendered it.
+    pub fn raw_json(&self) -> &str {
+        self.raw.get()
+    }
+}
+
+impl fmt::Debug for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Event")
+            .field("id", &self.id)
+            .field("object", &self.object)
+            .field("kind", &self.kind)
+            .field("created", &self.created)
+            .field("data", &self.data)
+            .finish()
+    }
+}
+
+impl<'de> Deserialize<'de> for Event {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Event, D::Error> {
+        let raw = Box::<serde_json::value::RawValue>::deserialize(d)?;
+        Event::from_raw(raw).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for Event {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.raw.serialize(s)
+    }
+}
+
+/// `POST /v1/events/{id}/resend`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventResend {
+    pub object: String,
+    pub event: String,
+    /// How many deliveries were queued to the caller's endpoints.
+    pub deliveries_queued: u64,
+}
+
+/// A webhook endpoint (`we_…`).
+#[derive(Clone, Serialize, Deserialize)]
+pub struct WebhookEndpoint {
+    pub id: String,
+    pub object: String,
+    pub created: i64,
+    pub url: String,
+    /// Event types, or `["*"]` for all.
+    pub enabled_events: Vec<String>,
+    pub description: Option<String>,
+    pub status: String,
+    /// `whsec_…`, only in the response that creates the endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+}
+
+impl fmt::Debug for WebhookEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebhookEndpoint")
+            .field("id", &self.id)
+            .field("object", &self.object)
+            .field("created", &self.created)
+            .field("url", &self.url)
+            .field("enabled_events", &self.enabled_events)
+            .field("description", &self.description)
+            .field("status", &self.status)
+            .field("secret", &self.secret.as_deref().map(redact_secret))
+            .finish()
+    }
+}
+
+/// The answer to a `DELETE`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Deleted {
+    pub id: String,
+    pub object: String,
+    pub deleted: bool,
+}
+
+/// One try at delivering an event to an endpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeliveryAttempt {
+    pub attempted_at: i64,
+    /// The endpoint's HTTP status, if it answered.
+    pub status_code: Option<u16>,
+    pub latency_ms: i64,
+    pub error: Option<String>,
+}
+
+/// An event's delivery to one endpoint, with its attempts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Delivery {
+    pub id: String,
+    pub object: String,
+    #[serde(default)]
+    pub created: i64,
+    pub webhook_endpoint: String,
+    pub event: String,
+    pub event_type: String,
+    pub status: String,
+    pub attempt_count: i64,
+    pub next_attempt_at: Option<i64>,
+    #[serde(default)]
+    pub attempts: Vec<DeliveryAttempt>,
+}
+
+/// One record of the hash-chained audit log (admin).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditEvent {
+    pub id: String,
+    pub object: String,
+    pub created: i64,
+    pub seq: i64,
+    /// Who acted: a secret's id, never the secret.
+    pub actor: String,
+    pub request_id: Option<String>,
+    pub action: String,
+    pub object_id: String,
+    pub outcome: String,
+    pub code: Option<String>,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// `GET /v1/audit_events/verify` (admin): the hash chain recomputed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditVerification {
+    pub object: String,
+    pub valid: bool,
+    pub records: u64,
+    pub first_broken_seq: Option<i64>,
+    pub head_hash: Option<String>,
+}

@@ -53,8 +53,9 @@ pub fn next_attempt(
         // Within 5 s: 1..=5 s.
         1 + (jitter * FIRST_RETRY_SECS_MAX as f64) as i64
     } else {
-        // 5, 10, 20, … s, capped at an hour, ±20 % jitter.
-        let exponential = FIRST_RETRY_SECS_MAX.saturating_mul(1_i64 << (failures - 1).min(20));
+        // 5, 10, 20, … s after the second, third, fourth… failure,
+        // capped at an hour, ±20 % jitter.
+        let exponential = FIRST_RETRY_SECS_MAX.saturating_mul(1_i64 << (failures - 2).min(20));
         let capped = exponential.min(RETRY_INTERVAL_SECS_MAX);
         let spread = (capped as f64 * 0.2 * (2.0 * jitter - 1.0)) as i64;
         (capped + spread).clamp(1, RETRY_INTERVAL_SECS_MAX)

@@ -1,6 +1,7 @@
 //! Client subcommands for each role: the operator (`customers`,
-//! `credentials`, `providers`, `ledger`), the orchestrator (`cards`,
-//! `tokens`), the provider (`charges`, `refunds`, `balance`, `payouts`) and
+//! `credentials`, `providers`, `ledger`, `audit`), the orchestrator
+//! (`cards`, `tokens`), the provider (`charges`, `refunds`, `balance`,
+//! `payouts`), orchestrators and providers alike (`events`, `webhooks`) and
 //! the agent (`tokens inspect-self`).
 //!
 //! Every command takes the same connection options (`--url`, `--api-key`,
@@ -8,17 +9,23 @@
 //! JSON object with `--json`. Card numbers and CVCs are read from a hidden
 //! prompt or from standard input, never from the command line.
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::collections::HashMap;
+use std::io::{BufRead, IsTerminal, Read, Write};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
+use scrip_client::webhook::{self, VerifyError};
 use scrip_client::{
-    Balance, CardParams, Charge, ChargeParams, Client, Credential, Customer, CustomerParams,
-    LedgerReport, LedgerVerification, List, PaymentMethod, PaymentToken, Payout, Provider, Refund,
-    Spend, TokenParams, TokenSelf,
+    AuditEvent, AuditVerification, Balance, CardParams, Charge, ChargeParams, Client, Credential,
+    Customer, CustomerParams, Delivery, Event, EventListParams, LedgerReport, LedgerVerification,
+    List, PaymentMethod, PaymentToken, Payout, Provider, Refund, Spend, TokenParams, TokenSelf,
+    WebhookEndpoint, WebhookEndpointParams, WebhookEndpointUpdate,
 };
 use scrip_core::money::Currency;
+use scrip_core::webhook::EVENT_TYPES;
 use serde::Serialize;
 use zeroize::{Zeroize, Zeroizing};
 
@@ -47,6 +54,35 @@ impl Conn {
         Ok(Client::new(&self.url)
             .with_secret(secret)
             .with_body_observer(Arc::new(remember_body)))
+    }
+}
+
+/// [`Conn`] for commands whose own `--url` is a webhook URL: there the
+/// server's URL is `--server-url` (or `SCRIP_URL`).
+#[derive(Args, Clone)]
+pub struct EndpointConn {
+    /// Base URL of the Scrip server.
+    #[arg(
+        long = "server-url",
+        env = "SCRIP_URL",
+        default_value = "http://127.0.0.1:4780"
+    )]
+    server_url: String,
+    /// The secret of the role you act as: sk_orch_… or sk_prov_….
+    #[arg(long, env = "SCRIP_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Print the JSON object instead of a readable layout.
+    #[arg(long)]
+    json: bool,
+}
+
+impl From<EndpointConn> for Conn {
+    fn from(c: EndpointConn) -> Conn {
+        Conn {
+            url: c.server_url,
+            api_key: c.api_key,
+            json: c.json,
+        }
     }
 }
 
@@ -95,6 +131,16 @@ pub enum ClientCommand {
     /// Operator: verify the double-entry ledger; report money moved.
     #[command(subcommand)]
     Ledger(LedgerCommand),
+    /// Orchestrator, provider or operator: events about your objects.
+    #[command(subcommand)]
+    Events(EventsCommand),
+    /// Orchestrator or provider: webhook endpoints and their deliveries;
+    /// verify a delivery's signature; forward events to a local server.
+    #[command(subcommand)]
+    Webhooks(WebhooksCommand),
+    /// Operator: the hash-chained audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Check that the server answers (GET /healthz, no secret needed).
     Health {
         #[command(flatten)]
@@ -395,6 +441,169 @@ pub enum LedgerCommand {
     },
 }
 
+#[derive(Subcommand)]
+pub enum EventsCommand {
+    /// List events, newest first.
+    List {
+        /// Only events of this type.
+        #[arg(long = "type", value_name = "TYPE", value_parser = clap::builder::PossibleValuesParser::new(EVENT_TYPES))]
+        kind: Option<String>,
+        /// How many to show (1 to 100).
+        #[arg(long)]
+        limit: Option<u32>,
+        /// Show events older than this event id (evt_…).
+        #[arg(long)]
+        starting_after: Option<String>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Show an event and the object it carries.
+    Show {
+        /// Event id (evt_…).
+        id: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Queue an event again to your webhook endpoints that want it.
+    Resend {
+        /// Event id (evt_…).
+        id: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum WebhooksCommand {
+    /// Create a webhook endpoint; its signing secret (whsec_…) is shown once.
+    ///
+    /// Here --url is the endpoint's URL; the server's is --server-url (or
+    /// SCRIP_URL).
+    Create {
+        /// Where Scrip POSTs events (http or https).
+        #[arg(long)]
+        url: String,
+        /// Comma-separated event types, or * for all.
+        #[arg(long, value_delimiter = ',', default_value = "*")]
+        events: Vec<String>,
+        /// A note about the endpoint.
+        #[arg(long)]
+        description: Option<String>,
+        #[command(flatten)]
+        conn: EndpointConn,
+    },
+    /// List webhook endpoints, newest first.
+    List {
+        /// How many to show (1 to 100).
+        #[arg(long)]
+        limit: Option<u32>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Show a webhook endpoint.
+    Show {
+        /// Webhook endpoint id (we_…).
+        id: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Change an endpoint's URL, events or description.
+    ///
+    /// Here --url is the endpoint's URL; the server's is --server-url (or
+    /// SCRIP_URL).
+    Update {
+        /// Webhook endpoint id (we_…).
+        id: String,
+        /// The new URL.
+        #[arg(long)]
+        url: Option<String>,
+        /// The new comma-separated event types, or * for all.
+        #[arg(long, value_delimiter = ',')]
+        events: Option<Vec<String>>,
+        /// The new description.
+        #[arg(long)]
+        description: Option<String>,
+        #[command(flatten)]
+        conn: EndpointConn,
+    },
+    /// Delete a webhook endpoint: nothing more is delivered to it.
+    Delete {
+        /// Webhook endpoint id (we_…).
+        id: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// An endpoint's deliveries and their attempts, newest first.
+    Deliveries {
+        /// Webhook endpoint id (we_…).
+        id: String,
+        /// How many to show (1 to 100).
+        #[arg(long)]
+        limit: Option<u32>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Check a delivery's Scrip-Signature header against its raw body.
+    ///
+    /// The body is read from standard input (or --payload-file) byte for
+    /// byte. Fails unless a v1 signature matches and the timestamp is within
+    /// the tolerance.
+    Verify {
+        /// The endpoint's signing secret (whsec_…).
+        #[arg(long, env = "SCRIP_WEBHOOK_SECRET", hide_env_values = true)]
+        secret: String,
+        /// The Scrip-Signature header's value: t=…,v1=…
+        #[arg(long)]
+        header: String,
+        /// Seconds the signature's timestamp may be from now, either way.
+        #[arg(long, default_value_t = webhook::TOLERANCE_SECS)]
+        tolerance: i64,
+        /// Read the raw body from this file instead of standard input.
+        #[arg(long)]
+        payload_file: Option<PathBuf>,
+    },
+    /// Forward your new events to a local URL until Ctrl-C.
+    ///
+    /// Prints a fresh local signing secret (whsec_…), then polls GET
+    /// /v1/events and POSTs each event created since it started to
+    /// --forward-to with a Scrip-Signature made with that secret. No
+    /// webhook endpoint is created on the server.
+    Listen {
+        /// Where to POST each event, e.g. http://127.0.0.1:8000/webhooks.
+        #[arg(long)]
+        forward_to: String,
+        /// Comma-separated event types to forward, or * for all.
+        #[arg(long, value_delimiter = ',', default_value = "*")]
+        events: Vec<String>,
+        /// How often to poll for new events, in milliseconds.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..=600_000))]
+        poll_ms: u64,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AuditCommand {
+    /// List audit records, newest first (admin secret).
+    List {
+        /// How many to show (1 to 100).
+        #[arg(long)]
+        limit: Option<u32>,
+        /// Show records older than this audit record id.
+        #[arg(long)]
+        starting_after: Option<String>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Recompute the audit log's hash chain (admin secret); fails if any
+    /// record was altered, removed or reordered.
+    Verify {
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
 pub async fn run(command: ClientCommand) -> anyhow::Result<()> {
     match command {
         ClientCommand::Customers(c) => customers(c).await,
@@ -410,6 +619,9 @@ pub async fn run(command: ClientCommand) -> anyhow::Result<()> {
         }
         ClientCommand::Payouts(c) => payouts(c).await,
         ClientCommand::Ledger(c) => ledger(c).await,
+        ClientCommand::Events(c) => events(c).await,
+        ClientCommand::Webhooks(c) => webhooks(c).await,
+        ClientCommand::Audit(c) => audit(c).await,
         ClientCommand::Health { conn } => {
             let body = Client::new(&conn.url)
                 .with_body_observer(Arc::new(remember_body))
@@ -776,6 +988,551 @@ async fn ledger(command: LedgerCommand) -> anyhow::Result<()> {
     }
 }
 
+async fn events(command: EventsCommand) -> anyhow::Result<()> {
+    match command {
+        EventsCommand::List {
+            kind,
+            limit,
+            starting_after,
+            conn,
+        } => {
+            let params = EventListParams {
+                kind,
+                limit,
+                starting_after,
+                ..EventListParams::default()
+            };
+            let list = conn.client()?.list_events(&params).await?;
+            emit(&conn, &list, |l| {
+                let rows = l
+                    .data
+                    .iter()
+                    .map(|e| {
+                        vec![
+                            e.id.clone(),
+                            e.kind.clone(),
+                            event_object_label(e),
+                            datetime(e.created),
+                        ]
+                    })
+                    .collect();
+                table(&["ID", "TYPE", "OBJECT", "CREATED"], rows);
+                more_note(l);
+            })
+        }
+        EventsCommand::Show { id, conn } => {
+            let e = conn.client()?.get_event(&id).await?;
+            emit(&conn, &e, show_event)
+        }
+        EventsCommand::Resend { id, conn } => {
+            let r = conn.client()?.resend_event(&id).await?;
+            emit(&conn, &r, |r| {
+                kv(&[
+                    ("event", r.event.clone()),
+                    ("deliveries queued", r.deliveries_queued.to_string()),
+                ]);
+            })
+        }
+    }
+}
+
+async fn webhooks(command: WebhooksCommand) -> anyhow::Result<()> {
+    match command {
+        WebhooksCommand::Create {
+            url,
+            events,
+            description,
+            conn,
+        } => {
+            let conn = Conn::from(conn);
+            let params = WebhookEndpointParams {
+                url,
+                enabled_events: events,
+                description,
+            };
+            let e = conn.client()?.create_webhook_endpoint_with(&params).await?;
+            emit(&conn, &e, show_endpoint)?;
+            secret_note(
+                &conn,
+                e.secret.is_some(),
+                "note: the signing secret above is shown only once; verify deliveries with it (scrip webhooks verify). Store it now.",
+            );
+            Ok(())
+        }
+        WebhooksCommand::List { limit, conn } => {
+            let list = conn
+                .client()?
+                .list_webhook_endpoints_page(limit, None)
+                .await?;
+            emit(&conn, &list, |l| {
+                let rows = l
+                    .data
+                    .iter()
+                    .map(|e| {
+                        vec![
+                            e.id.clone(),
+                            e.status.clone(),
+                            e.url.clone(),
+                            e.enabled_events.join(","),
+                            datetime(e.created),
+                        ]
+                    })
+                    .collect();
+                table(&["ID", "STATUS", "URL", "EVENTS", "CREATED"], rows);
+                more_note(l);
+            })
+        }
+        WebhooksCommand::Show { id, conn } => {
+            let e = conn.client()?.get_webhook_endpoint(&id).await?;
+            emit(&conn, &e, show_endpoint)
+        }
+        WebhooksCommand::Update {
+            id,
+            url,
+            events,
+            description,
+            conn,
+        } => {
+            let conn = Conn::from(conn);
+            if url.is_none() && events.is_none() && description.is_none() {
+                bail!("nothing to update: pass --url, --events or --description");
+            }
+            let update = WebhookEndpointUpdate {
+                url,
+                enabled_events: events,
+                description,
+            };
+            let e = conn.client()?.update_webhook_endpoint(&id, &update).await?;
+            emit(&conn, &e, show_endpoint)
+        }
+        WebhooksCommand::Delete { id, conn } => {
+            let d = conn.client()?.delete_webhook_endpoint(&id).await?;
+            emit(&conn, &d, |d| {
+                kv(&[
+                    ("id", d.id.clone()),
+                    ("deleted", yes_no(d.deleted).to_owned()),
+                ]);
+            })
+        }
+        WebhooksCommand::Deliveries { id, limit, conn } => {
+            let list = conn
+                .client()?
+                .list_deliveries_page(&id, limit, None)
+                .await?;
+            emit(&conn, &list, |l| {
+                let rows = l
+                    .data
+                    .iter()
+                    .map(|d| {
+                        vec![
+                            d.id.clone(),
+                            d.event.clone(),
+                            d.event_type.clone(),
+                            d.status.clone(),
+                            d.attempt_count.to_string(),
+                            last_attempt_label(d),
+                            d.next_attempt_at.map_or_else(|| "-".to_owned(), datetime),
+                        ]
+                    })
+                    .collect();
+                table(
+                    &[
+                        "ID",
+                        "EVENT",
+                        "TYPE",
+                        "STATUS",
+                        "ATTEMPTS",
+                        "LAST RESULT",
+                        "NEXT ATTEMPT",
+                    ],
+                    rows,
+                );
+                more_note(l);
+            })
+        }
+        WebhooksCommand::Verify {
+            secret,
+            header,
+            tolerance,
+            payload_file,
+        } => verify_signature(&secret, &header, tolerance, payload_file),
+        WebhooksCommand::Listen {
+            forward_to,
+            events,
+            poll_ms,
+            conn,
+        } => listen(conn, forward_to, events, poll_ms).await,
+    }
+}
+
+async fn audit(command: AuditCommand) -> anyhow::Result<()> {
+    match command {
+        AuditCommand::List {
+            limit,
+            starting_after,
+            conn,
+        } => {
+            let list = conn
+                .client()?
+                .list_audit_events(limit, starting_after.as_deref())
+                .await?;
+            emit(&conn, &list, |l| {
+                let rows = l
+                    .data
+                    .iter()
+                    .map(|a| {
+                        vec![
+                            a.seq.to_string(),
+                            datetime(a.created),
+                            a.actor.clone(),
+                            a.action.clone(),
+                            a.object_id.clone(),
+                            audit_outcome(a),
+                        ]
+                    })
+                    .collect();
+                table(
+                    &["SEQ", "CREATED", "ACTOR", "ACTION", "OBJECT", "OUTCOME"],
+                    rows,
+                );
+                more_note(l);
+            })
+        }
+        AuditCommand::Verify { conn } => {
+            let v = conn.client()?.verify_audit().await?;
+            emit(&conn, &v, show_audit_verification)?;
+            if !v.valid {
+                match v.first_broken_seq {
+                    Some(seq) => bail!(
+                        "the audit log does not verify: the hash chain breaks at record seq {seq}; that record or one before it was altered, removed or reordered"
+                    ),
+                    None => bail!("the audit log does not verify"),
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+// --- webhook signatures and forwarding ------------------------------------------
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// `webhooks verify`: checks the signature of the raw payload from a file
+/// or standard input, and names the event it carries.
+fn verify_signature(
+    secret: &str,
+    header: &str,
+    tolerance: i64,
+    payload_file: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let payload = match payload_file {
+        Some(path) => std::fs::read(&path)
+            .with_context(|| format!("cannot read the payload from {}", path.display()))?,
+        None => {
+            if std::io::stdin().is_terminal() {
+                bail!("pipe the raw request body on standard input, or pass --payload-file");
+            }
+            let mut buf = Vec::new();
+            std::io::stdin()
+                .lock()
+                .read_to_end(&mut buf)
+                .context("cannot read the payload from standard input")?;
+            buf
+        }
+    };
+    // A header pasted whole (`Scrip-Signature: t=…`) is accepted too.
+    let header = header.trim();
+    let header = match header.split_once(':') {
+        Some((name, value)) if name.trim().eq_ignore_ascii_case(webhook::SIGNATURE_HEADER) => value,
+        _ => header,
+    };
+    let now = unix_now();
+    match webhook::verify(&payload, header, secret, now, tolerance) {
+        Ok(signed_at) => {
+            let signed = format!(
+                "signed at {}, {} s ago",
+                datetime(signed_at),
+                now - signed_at
+            );
+            match std::str::from_utf8(&payload)
+                .ok()
+                .and_then(|text| Event::from_json(text).ok())
+            {
+                Some(e) => println!("verified: {} {} ({signed})", e.id, e.kind),
+                None => println!("verified, but the payload is not a Scrip event ({signed})"),
+            }
+            Ok(())
+        }
+        Err(e) => {
+            let hint = if e == VerifyError::NoMatch && payload.ends_with(b"\n") {
+                " (the payload ends with a line break, which the signed body usually does not have: pass the body byte for byte, e.g. with printf '%s' or --payload-file)"
+            } else {
+                ""
+            };
+            bail!("the signature does not verify: {e}{hint}")
+        }
+    }
+}
+
+/// `whsec_` and 32 random letters and digits, like the server's.
+fn local_signing_secret() -> String {
+    use rand::distributions::Alphanumeric;
+    use rand::Rng;
+    let random: String = rand::rngs::OsRng
+        .sample_iter(&Alphanumeric)
+        .take(32)
+        .map(char::from)
+        .collect();
+    format!("whsec_{random}")
+}
+
+/// How far back (seconds) each poll looks before the newest event seen, so
+/// an event committed a little out of order is still caught.
+const LISTEN_LOOKBACK_SECS: i64 = 5;
+/// The page size `webhooks listen` polls with.
+const LISTEN_PAGE: u32 = 100;
+
+/// The state of `webhooks listen`: which events were seen (id → created),
+/// and the newest `created` among them.
+struct Listener {
+    api: Client,
+    seen: HashMap<String, i64>,
+    newest: Option<i64>,
+}
+
+impl Listener {
+    fn filter(&self) -> EventListParams {
+        EventListParams {
+            created_gte: self.newest.map(|t| t.saturating_sub(LISTEN_LOOKBACK_SECS)),
+            limit: Some(LISTEN_PAGE),
+            ..EventListParams::default()
+        }
+    }
+
+    /// Marks what exists now as seen: only later events are forwarded.
+    async fn start(&mut self) -> Result<(), scrip_client::Error> {
+        let newest = self
+            .api
+            .list_events(&EventListParams {
+                limit: Some(1),
+                ..EventListParams::default()
+            })
+            .await?;
+        if let Some(e) = newest.data.first() {
+            self.newest = Some(e.created);
+            // Everything in the look-back window counts as already there.
+            for e in self.fetch_unseen().await? {
+                self.seen.insert(e.id.clone(), e.created);
+            }
+        }
+        Ok(())
+    }
+
+    /// Events not seen yet, oldest first. Pages down from the newest until
+    /// a page reaches an event already seen (or the look-back window ends).
+    async fn fetch_unseen(&self) -> Result<Vec<Event>, scrip_client::Error> {
+        let mut fresh: Vec<Event> = Vec::new();
+        let mut params = self.filter();
+        loop {
+            let page = self.api.list_events(&params).await?;
+            let last = page.data.last().map(|e| e.id.clone());
+            let mut reached_seen = false;
+            for e in page.data {
+                if self.seen.contains_key(&e.id) {
+                    reached_seen = true;
+                } else if !fresh.iter().any(|f| f.id == e.id) {
+                    fresh.push(e);
+                }
+            }
+            match last {
+                Some(last) if page.has_more && !reached_seen => params.starting_after = Some(last),
+                _ => break,
+            }
+        }
+        fresh.reverse();
+        Ok(fresh)
+    }
+
+    /// Records an event as seen and forgets those older than the window.
+    fn mark_seen(&mut self, e: &Event) {
+        self.seen.insert(e.id.clone(), e.created);
+        if self.newest.is_none_or(|n| e.created > n) {
+            self.newest = Some(e.created);
+        }
+    }
+
+    fn prune(&mut self) {
+        if let Some(newest) = self.newest {
+            let floor = newest.saturating_sub(LISTEN_LOOKBACK_SECS);
+            self.seen.retain(|_, created| *created >= floor);
+        }
+    }
+}
+
+/// The message of an error with its causes (reqwest's `Display` leaves
+/// them out).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    message
+}
+
+/// POSTs one event's raw JSON to `url`, signed now with `secret`; returns
+/// the HTTP status, or why there was none.
+async fn forward_event(
+    http: &reqwest::Client,
+    url: &str,
+    secret: &str,
+    e: &Event,
+) -> Result<u16, String> {
+    let body = e.raw_json().as_bytes().to_vec();
+    let signature = webhook::sign(&body, secret, unix_now());
+    http.post(url)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .header(webhook::SIGNATURE_HEADER, signature)
+        .body(body)
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .map_err(|err| error_chain(&err))
+}
+
+/// `webhooks listen`: polls the caller's events and forwards each new one,
+/// signed with a local secret, until Ctrl-C.
+async fn listen(
+    conn: Conn,
+    forward_to: String,
+    events: Vec<String>,
+    poll_ms: u64,
+) -> anyhow::Result<()> {
+    let target = reqwest::Url::parse(&forward_to)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https"))
+        .with_context(|| {
+            format!("--forward-to must be an http or https URL, such as http://127.0.0.1:8000/webhooks; got {forward_to}")
+        })?;
+    for e in &events {
+        if e != "*" && !EVENT_TYPES.contains(&e.as_str()) {
+            bail!(
+                "--events: unknown event type {e}; use * or some of: {}",
+                EVENT_TYPES.join(", ")
+            );
+        }
+    }
+    let wants = |kind: &str| events.iter().any(|e| e == "*" || e == kind);
+    let secret = conn
+        .api_key
+        .as_deref()
+        .filter(|k| !k.is_empty())
+        .context("no API secret: pass --api-key or set SCRIP_API_KEY")?;
+    let mut listener = Listener {
+        api: Client::new(&conn.url).with_secret(secret),
+        seen: HashMap::new(),
+        newest: None,
+    };
+    listener
+        .start()
+        .await
+        .context("cannot read events to start listening")?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(
+            scrip_core::webhook::DELIVERY_TIMEOUT_SECS,
+        ))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .context("cannot build the HTTP client")?;
+    let signing_secret = local_signing_secret();
+    if conn.json {
+        println!(
+            "{}",
+            serde_json::json!({"object": "listen", "secret": signing_secret, "forward_to": target.as_str()})
+        );
+    } else {
+        println!("Ready! Your webhook signing secret is {signing_secret} (Ctrl-C to quit)");
+        println!(
+            "Forwarding new events from {} to {target}",
+            listener.api.base_url()
+        );
+    }
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let mut poll_failing = false;
+    loop {
+        let step = async {
+            match listener.fetch_unseen().await {
+                Ok(fresh) => {
+                    if poll_failing {
+                        eprintln!("polling events works again");
+                        poll_failing = false;
+                    }
+                    for e in fresh {
+                        listener.mark_seen(&e);
+                        if !wants(&e.kind) {
+                            continue;
+                        }
+                        let outcome =
+                            forward_event(&http, target.as_str(), &signing_secret, &e).await;
+                        print_forwarded(&conn, &e, &outcome);
+                    }
+                    listener.prune();
+                }
+                Err(err) => {
+                    if !poll_failing {
+                        eprintln!("cannot poll events (retrying every {poll_ms} ms): {err}");
+                        poll_failing = true;
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            signal = &mut ctrl_c => {
+                signal.context("cannot listen for Ctrl-C")?;
+                break;
+            }
+            () = step => {}
+        }
+        tokio::select! {
+            signal = &mut ctrl_c => {
+                signal.context("cannot listen for Ctrl-C")?;
+                break;
+            }
+            () = tokio::time::sleep(Duration::from_millis(poll_ms)) => {}
+        }
+    }
+    if !conn.json {
+        println!("stopped");
+    }
+    Ok(())
+}
+
+fn print_forwarded(conn: &Conn, e: &Event, outcome: &Result<u16, String>) {
+    if conn.json {
+        let line = match outcome {
+            Ok(status) => serde_json::json!({"event": e.id, "type": e.kind, "status": status}),
+            Err(why) => serde_json::json!({"event": e.id, "type": e.kind, "error": why}),
+        };
+        println!("{line}");
+        return;
+    }
+    match outcome {
+        Ok(status) => println!("{} {} -> {status}", e.id, e.kind),
+        Err(why) => println!("{} {} -> error: {why}", e.id, e.kind),
+    }
+}
+
 // --- input -------------------------------------------------------------------
 
 /// The card number and CVC: from a hidden prompt on a terminal, otherwise
@@ -887,11 +1644,18 @@ fn indent_json(compact: &str) -> String {
 
 /// The note that goes with a secret in a response.
 fn once_note(conn: &Conn, shown: bool) {
+    secret_note(
+        conn,
+        shown,
+        "note: the secret above is shown only once; Scrip keeps only its hash. Store it now.",
+    );
+}
+
+/// A note that goes with a secret in a response.
+fn secret_note(conn: &Conn, shown: bool, note: &str) {
     if !shown {
         return;
     }
-    let note =
-        "note: the secret above is shown only once; Scrip keeps only its hash. Store it now.";
     if conn.json {
         eprintln!("{note}");
     } else {
@@ -1318,6 +2082,98 @@ fn csv_field(value: &str) -> String {
     }
 }
 
+/// `charge ch_…`: what an event's `data.object` is.
+fn event_object_label(e: &Event) -> String {
+    let o = &e.data.object;
+    let field = |name: &str| o.get(name).and_then(|v| v.as_str());
+    match (field("object"), field("id")) {
+        (Some(kind), Some(id)) => format!("{kind} {id}"),
+        (None, Some(id)) => id.to_owned(),
+        (Some(kind), None) => kind.to_owned(),
+        (None, None) => "-".to_owned(),
+    }
+}
+
+fn show_event(e: &Event) {
+    kv(&[
+        ("id", e.id.clone()),
+        ("type", e.kind.clone()),
+        ("object", event_object_label(e)),
+        ("created", datetime(e.created)),
+    ]);
+    println!("\ndata.object:");
+    // Indented from the raw text, so fields keep the server's order.
+    let raw: Option<String> = serde_json::from_str::<RawEventData<'_>>(e.raw_json())
+        .ok()
+        .map(|d| indent_json(d.data.object.get()));
+    let text = raw.unwrap_or_else(|| {
+        serde_json::to_string_pretty(&e.data.object).unwrap_or_else(|_| "null".to_owned())
+    });
+    for line in text.lines() {
+        println!("  {line}");
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct RawEventData<'a> {
+    #[serde(borrow)]
+    data: RawEventObject<'a>,
+}
+
+#[derive(serde::Deserialize)]
+struct RawEventObject<'a> {
+    #[serde(borrow)]
+    object: &'a serde_json::value::RawValue,
+}
+
+fn show_endpoint(e: &WebhookEndpoint) {
+    let mut rows = vec![
+        ("id", e.id.clone()),
+        ("url", e.url.clone()),
+        ("events", e.enabled_events.join(", ")),
+        ("description", opt(e.description.as_deref())),
+        ("status", e.status.clone()),
+        ("created", datetime(e.created)),
+    ];
+    if let Some(secret) = &e.secret {
+        rows.push(("secret", secret.clone()));
+    }
+    kv(&rows);
+}
+
+/// `HTTP 200`, or the error, of a delivery's latest attempt.
+fn last_attempt_label(d: &Delivery) -> String {
+    match d.attempts.iter().max_by_key(|a| a.attempted_at) {
+        None => "-".to_owned(),
+        Some(a) => match (a.status_code, a.error.as_deref()) {
+            (Some(code), Some(error)) => format!("HTTP {code}: {error}"),
+            (Some(code), None) => format!("HTTP {code}"),
+            (None, Some(error)) => error.to_owned(),
+            (None, None) => "-".to_owned(),
+        },
+    }
+}
+
+fn audit_outcome(a: &AuditEvent) -> String {
+    match &a.code {
+        Some(code) => format!("{} ({code})", a.outcome),
+        None => a.outcome.clone(),
+    }
+}
+
+fn show_audit_verification(v: &AuditVerification) {
+    kv(&[
+        ("valid", yes_no(v.valid).to_owned()),
+        ("records", v.records.to_string()),
+        (
+            "first broken seq",
+            v.first_broken_seq
+                .map_or_else(|| "-".to_owned(), |s| s.to_string()),
+        ),
+        ("head hash", opt(v.head_hash.as_deref())),
+    ]);
+}
+
 fn show_refund(r: &Refund) {
     kv(&[
         ("id", r.id.clone()),
@@ -1385,6 +2241,40 @@ mod tests {
              prov_1,usd,10000,320,500,9180,9180\r\n\
              \"odd, \"\"name\"\"\",jpy,1,0,0,1,0\r\n"
         );
+    }
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::{CommandFactory, Parser};
+        #[derive(Parser)]
+        struct Cli {
+            #[command(subcommand)]
+            command: ClientCommand,
+        }
+        Cli::command().debug_assert();
+        let parsed = Cli::try_parse_from([
+            "scrip",
+            "webhooks",
+            "create",
+            "--url",
+            "https://example.com/hook",
+            "--server-url",
+            "http://127.0.0.1:1",
+            "--events",
+            "charge.succeeded,charge.refunded",
+        ]);
+        let Ok(Cli {
+            command:
+                ClientCommand::Webhooks(WebhooksCommand::Create {
+                    url, events, conn, ..
+                }),
+        }) = parsed
+        else {
+            unreachable!("webhooks create did not parse")
+        };
+        assert_eq!(url, "https://example.com/hook");
+        assert_eq!(events, ["charge.succeeded", "charge.refunded"]);
+        assert_eq!(Conn::from(conn).url, "http://127.0.0.1:1");
     }
 
     #[test]

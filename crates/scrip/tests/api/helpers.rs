@@ -411,3 +411,106 @@ impl Proc {
             .expect("wait")
     }
 }
+
+/// How a test receiver answers one delivery.
+#[derive(Clone, Copy, Debug)]
+pub enum Reply {
+    Status(u16),
+    /// Sleep, then answer with the status.
+    Slow(std::time::Duration, u16),
+}
+
+/// One recorded delivery: its headers and raw body.
+pub type Received = (reqwest::header::HeaderMap, Vec<u8>);
+
+/// A real HTTP server on loopback that records webhook deliveries.
+pub struct Receiver {
+    pub url: String,
+    pub received: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
+    _server: tokio::task::JoinHandle<()>,
+}
+
+impl Receiver {
+    /// Answers with `script` in order, then 200 for ever.
+    pub async fn start(script: Vec<Reply>) -> Receiver {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        Receiver::on(listener, script)
+    }
+
+    pub fn on(listener: tokio::net::TcpListener, script: Vec<Reply>) -> Receiver {
+        use axum::routing::post;
+        let addr = listener.local_addr().expect("addr");
+        let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let script = std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::from(
+            script,
+        )));
+        let (r, s) = (received.clone(), script.clone());
+        let app = axum::Router::new().route(
+            "/hook",
+            post(
+                move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                    let (r, s) = (r.clone(), s.clone());
+                    async move {
+                        let reply = s.lock().unwrap().pop_front().unwrap_or(Reply::Status(200));
+                        r.lock().unwrap().push((headers, body.to_vec()));
+                        let status = match reply {
+                            Reply::Status(c) => c,
+                            Reply::Slow(d, c) => {
+                                tokio::time::sleep(d).await;
+                                c
+                            }
+                        };
+                        axum::http::StatusCode::from_u16(status).unwrap()
+                    }
+                },
+            ),
+        );
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Receiver {
+            url: format!("http://{addr}/hook"),
+            received,
+            _server: server,
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.received.lock().unwrap().len()
+    }
+
+    /// Waits (bounded) until `n` deliveries arrived; panics if they don't.
+    pub async fn wait_for(&self, n: usize) -> Vec<Received> {
+        for _ in 0..300 {
+            if self.count() >= n {
+                return self.received.lock().unwrap().clone();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("expected {n} deliveries within 30 s, got {}", self.count());
+    }
+}
+
+impl TestApp {
+    /// A server whose configuration `tweak` adjusts.
+    pub async fn spawn_with(dir: TempDir, tweak: impl FnOnce(&mut Config)) -> TestApp {
+        let mut config = Config {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            data_dir: dir.path().to_owned(),
+            test_clock: true,
+            admin_key: Some(ADMIN.to_owned()),
+            ..Default::default()
+        };
+        tweak(&mut config);
+        let running = server::start(config).await.expect("server starts");
+        let url = format!("http://{}", running.addr);
+        TestApp {
+            client: scrip_client::Client::new(url.clone()),
+            url,
+            running: Some(running),
+            dir,
+        }
+    }
+}

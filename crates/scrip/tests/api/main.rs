@@ -7,6 +7,7 @@
 mod concurrency;
 mod durability;
 mod errors;
+mod events;
 mod helpers;
 mod ledger;
 mod lifecycle;
