@@ -18,7 +18,7 @@ cargo build --release -q -p scrip
 DIR=$(mktemp -d)
 trap 'kill $PID 2>/dev/null || true; wait $PID 2>/dev/null || true; rm -rf "$DIR"' EXIT
 export SCRIP_ADMIN_KEY=sk_admin_bench0123456789abcdef0123456789abcdef
-SCRIP_LOG=warn ./target/release/scrip serve --listen 127.0.0.1:$PORT --data-dir "$DIR/data" >/dev/null &
+SCRIP_LOG=warn ./target/release/scrip serve --listen 127.0.0.1:$PORT --data-dir "$DIR/data" --rate-limit-per-second 0 >/dev/null &
 PID=$!
 S=http://127.0.0.1:$PORT
 for _ in $(seq 50); do curl -sf $S/healthz >/dev/null && break; sleep 0.1; done

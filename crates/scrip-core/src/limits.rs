@@ -58,3 +58,5 @@ pub const WEBHOOK_URL_LEN_MAX: usize = 2_048;
 /// Webhook deliveries in flight at once, and per endpoint.
 pub const WEBHOOK_IN_FLIGHT_MAX: usize = 64;
 pub const WEBHOOK_IN_FLIGHT_PER_ENDPOINT_MAX: usize = 4;
+/// Requests per second per secret, by default (API.md); burst twice that.
+pub const RATE_LIMIT_PER_SECOND_DEFAULT: u32 = 1_000;

@@ -45,7 +45,7 @@ fn bench_secrets(c: &mut Criterion) {
 
 fn bench_vault(c: &mut Criterion) {
     let (vault, _new_keys) =
-        Vault::open(MasterKey::generate(), &[], NOW).expect("a vault over fresh data keys");
+        Vault::open(vec![MasterKey::generate()], &[], NOW).expect("a vault over fresh data keys");
     let number = CardNumber::parse("4242424242424242").expect("a valid test card");
     let sealed = vault
         .seal_card(&number, "pm_bench")

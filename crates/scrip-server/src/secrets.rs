@@ -20,14 +20,57 @@ pub const PREFIX_ORCHESTRATOR: &str = "sk_orch_";
 pub const PREFIX_PROVIDER: &str = "sk_prov_";
 pub const PREFIX_TOKEN: &str = "scrip_pt_";
 
+/// Base62 characters of the CRC32 checksum that ends every generated secret.
+const CHECKSUM_CHARS: usize = 6;
+const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// Every prefix a Scrip secret can carry.
+pub const PREFIXES: [&str; 5] = [
+    PREFIX_ADMIN,
+    PREFIX_ORCHESTRATOR,
+    PREFIX_PROVIDER,
+    PREFIX_TOKEN,
+    "whsec_",
+];
+
+/// The checksum of a secret's prefix and random part: CRC32 in 6 base62
+/// characters, so a leaked secret can be recognized offline (by `scrip
+/// secrets scan`, or a log sink's scanner) without asking the server.
+pub fn checksum(prefix_and_random: &str) -> String {
+    let mut n = u64::from(crc32fast::hash(prefix_and_random.as_bytes()));
+    let mut out = [b'0'; CHECKSUM_CHARS];
+    for slot in out.iter_mut().rev() {
+        *slot = BASE62[(n % 62) as usize];
+        n /= 62;
+    }
+    out.iter().map(|b| char::from(*b)).collect()
+}
+
+/// Whether `candidate` is a well-formed Scrip secret: a known prefix, 32
+/// base62 characters, and a matching checksum.
+pub fn is_scrip_secret(candidate: &str) -> bool {
+    let Some(prefix) = PREFIXES.iter().find(|p| candidate.starts_with(**p)) else {
+        return false;
+    };
+    let rest = &candidate[prefix.len()..];
+    if rest.len() != SECRET_RANDOM_CHARS + CHECKSUM_CHARS
+        || !rest.bytes().all(|b| b.is_ascii_alphanumeric())
+    {
+        return false;
+    }
+    let (body, sum) = candidate.split_at(candidate.len() - CHECKSUM_CHARS);
+    checksum(body) == sum
+}
+
 /// A secret in clear: shown once to its owner, never logged.
 #[derive(Clone, Zeroize, ZeroizeOnDrop, PartialEq, Eq)]
 pub struct Secret(String);
 
 impl Secret {
-    /// A fresh secret from the OS RNG with the given role prefix.
+    /// A fresh secret from the OS RNG: the role prefix, 32 random base62
+    /// characters, and a 6-character checksum.
     pub fn generate(prefix: &str) -> Secret {
-        let mut s = String::with_capacity(prefix.len() + SECRET_RANDOM_CHARS);
+        let mut s = String::with_capacity(prefix.len() + SECRET_RANDOM_CHARS + CHECKSUM_CHARS);
         s.push_str(prefix);
         s.extend(
             OsRng
@@ -35,6 +78,8 @@ impl Secret {
                 .take(SECRET_RANDOM_CHARS)
                 .map(char::from),
         );
+        let sum = checksum(&s);
+        s.push_str(&sum);
         Secret(s)
     }
 
@@ -96,10 +141,33 @@ mod tests {
         let a = Secret::generate(PREFIX_TOKEN);
         let b = Secret::generate(PREFIX_TOKEN);
         assert!(a.expose().starts_with(PREFIX_TOKEN));
-        assert_eq!(a.expose().len(), PREFIX_TOKEN.len() + SECRET_RANDOM_CHARS);
+        assert_eq!(
+            a.expose().len(),
+            PREFIX_TOKEN.len() + SECRET_RANDOM_CHARS + CHECKSUM_CHARS
+        );
+        assert!(is_scrip_secret(a.expose()));
         assert_ne!(a, b);
         assert!(!a.hash().ct_eq(&b.hash()));
         assert!(a.hash().ct_eq(&hash_secret(a.expose())));
+    }
+
+    #[test]
+    fn checksums_catch_typos_and_forgeries() {
+        for prefix in PREFIXES {
+            let s = Secret::generate(prefix);
+            assert!(is_scrip_secret(s.expose()), "{prefix}");
+            // Change any one character of the random part: the checksum fails.
+            let mut chars: Vec<char> = s.expose().chars().collect();
+            let i = prefix.len() + 5;
+            chars[i] = if chars[i] == 'a' { 'b' } else { 'a' };
+            let typo: String = chars.into_iter().collect();
+            assert!(!is_scrip_secret(&typo));
+        }
+        assert!(!is_scrip_secret("sk_orch_short"));
+        assert!(!is_scrip_secret(
+            "sk_nope_0123456789012345678901234567890123456"
+        ));
+        assert_eq!(checksum("sk_orch_x").len(), 6);
     }
 
     #[test]

@@ -14,11 +14,13 @@ use tokio::task::JoinHandle;
 use crate::api::{self, AppState};
 use crate::clock::{system_now, Clock};
 use crate::dispatcher::Dispatcher;
+use crate::keys::{EnvKeyProvider, FileKeyProvider, KeyError, KeyProvider};
 use crate::network::Simulator;
 use crate::secrets::{hash_secret, Secret, SecretHash, PREFIX_ADMIN};
+use crate::store::postgres::PgStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{LedgerConfig, Store, StoreError};
-use crate::vault::{MasterKey, Vault, VaultError};
+use crate::vault::{Vault, VaultError};
 
 /// How often holds past their capture deadline are released.
 const SWEEP_INTERVAL_SECS: u64 = 5;
@@ -41,6 +43,15 @@ pub struct Config {
     pub auto_payout: bool,
     /// How long a webhook endpoint has to answer (API.md: 10 s).
     pub webhook_timeout: Duration,
+    /// Requests per second per secret (burst twice that); 0 disables.
+    pub rate_limit_per_second: u32,
+    /// Serve HTTPS with this certificate chain and private key (PEM).
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// `--database-url` / `SCRIP_DATABASE_URL`: a PostgreSQL database shared
+    /// by every node; `None` keeps the embedded SQLite file in `data_dir`.
+    /// With several nodes, every node needs the same `SCRIP_MASTER_KEY`: the
+    /// data keys are stored in the database, wrapped under it.
+    pub database_url: Option<String>,
 }
 
 impl Default for Config {
@@ -55,6 +66,9 @@ impl Default for Config {
             ledger: LedgerConfig::default(),
             auto_payout: false,
             webhook_timeout: Duration::from_secs(scrip_core::webhook::DELIVERY_TIMEOUT_SECS),
+            rate_limit_per_second: limits::RATE_LIMIT_PER_SECOND_DEFAULT,
+            tls: None,
+            database_url: None,
         }
     }
 }
@@ -65,6 +79,8 @@ pub enum StartError {
     DataDir(PathBuf, std::io::Error),
     #[error("SCRIP_ADMIN_KEY must start with sk_admin_ and have at least {ADMIN_KEY_CHARS_MIN} characters after it")]
     AdminKeyFormat,
+    #[error("master keys: {0}")]
+    Keys(#[from] KeyError),
     #[error("master key: {0}")]
     MasterKey(#[from] VaultError),
     #[error("store: {0}")]
@@ -73,6 +89,8 @@ pub enum StartError {
     Listen(SocketAddr, std::io::Error),
     #[error("webhook client: {0}")]
     Webhooks(String),
+    #[error("{0}")]
+    Tls(String),
 }
 
 /// A running server.
@@ -121,59 +139,42 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Reads `master.key`, or creates it (mode 0600) with a fresh key.
-fn master_key_file(dir: &Path) -> Result<MasterKey, StartError> {
-    let path = dir.join("master.key");
-    match std::fs::read_to_string(&path) {
-        Ok(text) => Ok(MasterKey::from_base64(&text)?),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let key = MasterKey::generate();
-            let mut options = std::fs::OpenOptions::new();
-            options.write(true).create_new(true);
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::OpenOptionsExt;
-                options.mode(0o600);
-            }
-            let mut file = options
-                .open(&path)
-                .map_err(|e| StartError::DataDir(path.clone(), e))?;
-            use std::io::Write;
-            file.write_all(key.to_base64().as_bytes())
-                .and_then(|()| file.sync_all())
-                .map_err(|e| StartError::DataDir(path.clone(), e))?;
-            Ok(key)
-        }
-        Err(e) => Err(StartError::DataDir(path, e)),
-    }
-}
-
 /// Opens everything and starts serving on `config.listen` (port 0 picks a
 /// free port; see [`Running::addr`]).
 pub async fn start(config: Config) -> Result<Running, StartError> {
     create_private_dir(&config.data_dir)
         .map_err(|e| StartError::DataDir(config.data_dir.clone(), e))?;
-    let (master, master_key_from_file) = match &config.master_key {
-        Some(text) => (MasterKey::from_base64(text)?, false),
-        None => (master_key_file(&config.data_dir)?, true),
+    let keys: Arc<dyn KeyProvider> = match &config.master_key {
+        Some(text) => Arc::new(EnvKeyProvider::parse(text)?),
+        None => Arc::new(FileKeyProvider::open(&config.data_dir.join("master.key"))?),
     };
+    let master_key_from_file = keys.is_development_default();
     if master_key_from_file {
         tracing::warn!(
             path = %config.data_dir.join("master.key").display(),
             "using the master key file in the data directory: a development default; set SCRIP_MASTER_KEY in production"
         );
     }
-    let db_path = config.data_dir.join("scrip.db");
     let ledger = config.ledger;
-    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&db_path, ledger))
-        .await
-        .map_err(|e| StoreError::Database(e.to_string()))??;
-    let store: Arc<dyn Store> = Arc::new(store);
+    let store: Arc<dyn Store> = match &config.database_url {
+        Some(url) => Arc::new(PgStore::connect(url, ledger).await?),
+        None => {
+            let db_path = config.data_dir.join("scrip.db");
+            let store = tokio::task::spawn_blocking(move || SqliteStore::open(&db_path, ledger))
+                .await
+                .map_err(|e| StoreError::Database(e.to_string()))??;
+            Arc::new(store)
+        }
+    };
 
     let stored_keys = store.data_keys().await?;
-    let (vault, new_keys) = Vault::open(master, &stored_keys, system_now())?;
+    let (mut vault, new_keys) = Vault::open(keys.keys()?, &stored_keys, system_now())?;
     if !new_keys.is_empty() {
         store.insert_data_keys(new_keys).await?;
+        // Nodes sharing one database may have raced to create the first
+        // data keys; the store kept the first: open over what it holds.
+        let stored_keys = store.data_keys().await?;
+        (vault, _) = Vault::open(keys.keys()?, &stored_keys, system_now())?;
     }
 
     let mut generated_admin_key = None;
@@ -217,7 +218,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         in_flight: Default::default(),
         metrics: Default::default(),
         auto_payout: config.auto_payout,
+        limiter: Arc::new(crate::api::ratelimit::Limiter::new(
+            config.rate_limit_per_second,
+        )),
+        keys,
     };
+    let limiter = state.limiter.clone();
     let router = api::app(state);
     let listener = TcpListener::bind(config.listen)
         .await
@@ -226,14 +232,37 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .local_addr()
         .map_err(|e| StartError::Listen(config.listen, e))?;
     let (shutdown, mut stop) = watch::channel(false);
-    let server = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
+    let service = router.into_make_service_with_connect_info::<SocketAddr>();
+    let server = match &config.tls {
+        None => tokio::spawn(async move {
+            axum::serve(listener, service)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+        }),
+        Some((cert, key)) => {
+            let tls =
+                crate::tls::server_config(cert, key).map_err(|e| StartError::Tls(e.to_string()))?;
+            let std_listener = listener
+                .into_std()
+                .map_err(|e| StartError::Listen(config.listen, e))?;
+            let handle = axum_server::Handle::new();
+            let on_stop = handle.clone();
+            tokio::spawn(async move {
                 let _ = stop.wait_for(|s| *s).await;
-            })
-            .await
-    });
-    let sweeper = tokio::spawn(sweep(store, clock, config.auto_payout));
+                on_stop.graceful_shutdown(Some(Duration::from_secs(limits::SHUTDOWN_GRACE_SECS)));
+            });
+            let server = axum_server::from_tcp_rustls(
+                std_listener,
+                axum_server::tls_rustls::RustlsConfig::from_config(tls),
+            )
+            .map_err(|e| StartError::Listen(config.listen, e))?
+            .handle(handle);
+            tokio::spawn(async move { server.serve(service).await })
+        }
+    };
+    let sweeper = tokio::spawn(sweep(store, clock, config.auto_payout, limiter));
     let dispatcher = tokio::spawn(dispatcher.run(shutdown.subscribe()));
     tracing::info!(%addr, test_clock = config.test_clock, "scrip is serving");
     Ok(Running {
@@ -250,7 +279,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 /// Background upkeep: releases expired holds, settles funds, completes
 /// payouts (and makes the daily automatic ones), and forgets old
 /// idempotency records.
-async fn sweep(store: Arc<dyn Store>, clock: Arc<Clock>, auto_payout: bool) {
+async fn sweep(
+    store: Arc<dyn Store>,
+    clock: Arc<Clock>,
+    auto_payout: bool,
+    limiter: Arc<crate::api::ratelimit::Limiter>,
+) {
     let mut ticks: u64 = 0;
     loop {
         tokio::time::sleep(Duration::from_secs(SWEEP_INTERVAL_SECS)).await;
@@ -259,6 +293,9 @@ async fn sweep(store: Arc<dyn Store>, clock: Arc<Clock>, auto_payout: bool) {
             Ok(done) if done == Default::default() => {}
             Ok(done) => tracing::info!(?done, "upkeep"),
             Err(e) => tracing::error!(error = %e, "upkeep failed"),
+        }
+        if ticks.is_multiple_of(12) {
+            limiter.retain_recent();
         }
         if ticks.is_multiple_of(60) {
             let before = clock.now() - limits::IDEMPOTENCY_TTL_SECS;

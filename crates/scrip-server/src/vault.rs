@@ -120,7 +120,8 @@ pub struct Sealed {
 struct DataKey([u8; 32]);
 
 pub struct Vault {
-    master: MasterKey,
+    /// The master keys this vault may unwrap with, the active one first.
+    masters: RwLock<Vec<MasterKey>>,
     keys: RwLock<HashMap<String, DataKey>>,
     seal_key_id: String,
     fingerprint_key_id: String,
@@ -129,7 +130,7 @@ pub struct Vault {
 impl fmt::Debug for Vault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Vault")
-            .field("master", &self.master)
+            .field("master", &self.master_key_id())
             .field("seal_key_id", &self.seal_key_id)
             .finish_non_exhaustive()
     }
@@ -138,22 +139,28 @@ impl fmt::Debug for Vault {
 impl Vault {
     /// Opens the vault over the stored data keys. Returns the vault and the
     /// keys it had to create (to be stored before anything is sealed).
+    ///
+    /// `masters` are every master key the key provider holds, the active one
+    /// first; each stored data key is unwrapped by the one it names.
     pub fn open(
-        master: MasterKey,
+        masters: Vec<MasterKey>,
         stored: &[WrappedKey],
         now: i64,
     ) -> Result<(Vault, Vec<WrappedKey>), VaultError> {
+        let Some(master) = masters.first().cloned() else {
+            return Err(VaultError::MasterKeyFormat);
+        };
         let mut keys = HashMap::new();
         let mut seal_key_id = None;
         let mut fingerprint_key_id = None;
         for w in stored {
-            if w.master_key_id != master.id() {
+            let Some(by) = masters.iter().find(|m| m.id() == w.master_key_id) else {
                 return Err(VaultError::MasterKeyMismatch(
                     w.id.clone(),
                     w.master_key_id.clone(),
                 ));
-            }
-            let plain = Zeroizing::new(unwrap_key(&master, w)?);
+            };
+            let plain = Zeroizing::new(unwrap_key(by, w)?);
             let k: [u8; 32] = plain
                 .as_slice()
                 .try_into()
@@ -191,7 +198,7 @@ impl Vault {
         let fingerprint_key_id = ensure(&mut fingerprint_key_id, KeyPurpose::Fingerprint)?;
         Ok((
             Vault {
-                master,
+                masters: RwLock::new(masters),
                 keys: RwLock::new(keys),
                 seal_key_id,
                 fingerprint_key_id,
@@ -200,8 +207,54 @@ impl Vault {
         ))
     }
 
+    /// The active master key's id.
     pub fn master_key_id(&self) -> String {
-        self.master.id()
+        self.masters
+            .read()
+            .ok()
+            .and_then(|m| m.first().map(MasterKey::id))
+            .unwrap_or_default()
+    }
+
+    /// The ids of every master key the vault holds, the active one first.
+    pub fn master_key_ids(&self) -> Vec<String> {
+        self.masters
+            .read()
+            .map(|m| m.iter().map(MasterKey::id).collect())
+            .unwrap_or_default()
+    }
+
+    /// Replaces the master keys (after a rotation), the active one first.
+    pub fn set_masters(&self, masters: Vec<MasterKey>) -> Result<(), VaultError> {
+        if masters.is_empty() {
+            return Err(VaultError::MasterKeyFormat);
+        }
+        let mut slot = self.masters.write().map_err(|_| VaultError::Encrypt)?;
+        *slot = masters;
+        Ok(())
+    }
+
+    /// Wraps again, under the active master key, every stored data key that
+    /// another master key wrapped. The data keys themselves do not change,
+    /// so nothing sealed under them needs re-encrypting.
+    pub fn rewrap(&self, stored: &[WrappedKey]) -> Result<Vec<WrappedKey>, VaultError> {
+        let masters = self.masters.read().map_err(|_| VaultError::Encrypt)?;
+        let active = masters.first().ok_or(VaultError::MasterKeyFormat)?;
+        let keys = self.keys.read().map_err(|_| VaultError::Encrypt)?;
+        let mut out = Vec::new();
+        for w in stored.iter().filter(|w| w.master_key_id != active.id()) {
+            let key = keys
+                .get(&w.id)
+                .ok_or_else(|| VaultError::UnknownDataKey(w.id.clone()))?;
+            out.push(WrappedKey {
+                id: w.id.clone(),
+                purpose: w.purpose.clone(),
+                master_key_id: active.id(),
+                wrapped: wrap_key(active, &w.id, &key.0)?,
+                created: w.created,
+            });
+        }
+        Ok(out)
     }
 
     /// Seals `plain` under the active data key. `context` is bound as
@@ -355,7 +408,7 @@ mod tests {
 
     #[test]
     fn seal_and_open_round_trip_bound_to_context() -> Result<(), VaultError> {
-        let (vault, created) = Vault::open(MasterKey::generate(), &[], 0)?;
+        let (vault, created) = Vault::open(vec![MasterKey::generate()], &[], 0)?;
         assert_eq!(created.len(), 2);
         let n = card("4242424242424242");
         let sealed = vault.seal_card(&n, "pm_1")?;
@@ -379,16 +432,16 @@ mod tests {
     #[test]
     fn reopens_with_same_master_and_refuses_another() -> Result<(), VaultError> {
         let master = MasterKey::generate();
-        let (vault, created) = Vault::open(master.clone(), &[], 0)?;
+        let (vault, created) = Vault::open(vec![master.clone()], &[], 0)?;
         let sealed = vault.seal_card(&card("5555555555554444"), "pm_x")?;
         let fp = vault.fingerprint(&card("5555555555554444"))?;
-        let (reopened, more) = Vault::open(master, &created, 0)?;
+        let (reopened, more) = Vault::open(vec![master], &created, 0)?;
         assert!(more.is_empty());
         assert_eq!(reopened.open_card(&sealed, "pm_x")?.last4(), "4444");
         assert_eq!(reopened.fingerprint(&card("5555555555554444"))?, fp);
         assert_ne!(reopened.fingerprint(&card("4242424242424242"))?, fp);
         assert!(matches!(
-            Vault::open(MasterKey::generate(), &created, 0),
+            Vault::open(vec![MasterKey::generate()], &created, 0),
             Err(VaultError::MasterKeyMismatch(..))
         ));
         Ok(())
@@ -396,8 +449,8 @@ mod tests {
 
     #[test]
     fn request_digests_are_keyed() -> Result<(), VaultError> {
-        let (a, _) = Vault::open(MasterKey::generate(), &[], 0)?;
-        let (b, _) = Vault::open(MasterKey::generate(), &[], 0)?;
+        let (a, _) = Vault::open(vec![MasterKey::generate()], &[], 0)?;
+        let (b, _) = Vault::open(vec![MasterKey::generate()], &[], 0)?;
         let body: &[u8] = br#"{"card":{"number":"4242424242424242"}}"#;
         assert_eq!(
             a.request_digest(&[b"POST", body])?,
@@ -412,6 +465,27 @@ mod tests {
             a.request_digest(&[b"POS", b"T"])?,
             a.request_digest(&[b"PO", b"ST"])?
         );
+        Ok(())
+    }
+
+    #[test]
+    fn rewrapping_moves_data_keys_to_the_new_master_and_keeps_cards_readable(
+    ) -> Result<(), VaultError> {
+        let old = MasterKey::generate();
+        let (vault, created) = Vault::open(vec![old.clone()], &[], 0)?;
+        let sealed = vault.seal_card(&card("4242424242424242"), "pm_1")?;
+        let new = MasterKey::generate();
+        vault.set_masters(vec![new.clone(), old.clone()])?;
+        let rewrapped = vault.rewrap(&created)?;
+        assert_eq!(rewrapped.len(), created.len());
+        assert!(rewrapped.iter().all(|w| w.master_key_id == new.id()));
+        assert!(vault.rewrap(&rewrapped)?.is_empty(), "nothing left to move");
+        // With only the new master key, the rewrapped keys open the old card.
+        let (reopened, more) = Vault::open(vec![new], &rewrapped, 0)?;
+        assert!(more.is_empty());
+        assert_eq!(reopened.open_card(&sealed, "pm_1")?.last4(), "4242");
+        // The old master alone no longer opens them.
+        assert!(Vault::open(vec![old], &rewrapped, 0).is_err());
         Ok(())
     }
 

@@ -4,14 +4,18 @@
 //! request returned, and an event holds the object as it was.
 
 use serde::Serialize;
+use utoipa::ToSchema;
 
+use crate::api::openapi;
 use crate::store::model::*;
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct List<T> {
+    #[schema(example = "list")]
     pub object: &'static str,
     pub data: Vec<T>,
     pub has_more: bool,
+    #[schema(example = "/v1/customers")]
     pub url: String,
 }
 
@@ -24,13 +28,16 @@ pub fn list<'a, R, T>(page: &'a Page<R>, url: &str, view: impl Fn(&'a R) -> T) -
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = Customer)]
 pub struct CustomerView<'a> {
     pub id: &'a str,
+    #[schema(example = "customer")]
     pub object: &'static str,
     pub created: i64,
     pub email: Option<&'a str>,
     pub name: Option<&'a str>,
+    #[schema(value_type = BTreeMap<String, String>)]
     pub metadata: &'a Metadata,
 }
 
@@ -45,13 +52,16 @@ pub fn customer(c: &Customer) -> CustomerView<'_> {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = Credential)]
 pub struct CredentialView<'a> {
     pub id: &'a str,
+    #[schema(example = "credential")]
     pub object: &'static str,
     pub created: i64,
     pub customer: &'a str,
     pub name: Option<&'a str>,
+    #[schema(schema_with = openapi::credential_status)]
     pub status: &'static str,
     pub revoked_at: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -71,12 +81,15 @@ pub fn credential<'a>(c: &'a Credential, secret: Option<&'a str>) -> CredentialV
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = Provider)]
 pub struct ProviderView<'a> {
     pub id: &'a str,
+    #[schema(example = "provider")]
     pub object: &'static str,
     pub created: i64,
     pub name: &'a str,
+    #[schema(value_type = BTreeMap<String, String>)]
     pub metadata: &'a Metadata,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secret: Option<&'a str>,
@@ -93,7 +106,8 @@ pub fn provider<'a>(p: &'a Provider, secret: Option<&'a str>) -> ProviderView<'a
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = Card)]
 pub struct CardView<'a> {
     pub brand: &'a str,
     pub last4: &'a str,
@@ -102,14 +116,18 @@ pub struct CardView<'a> {
     pub fingerprint: &'a str,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = PaymentMethod)]
 pub struct PaymentMethodView<'a> {
     pub id: &'a str,
+    #[schema(example = "payment_method")]
     pub object: &'static str,
     pub created: i64,
     pub customer: &'a str,
     #[serde(rename = "type")]
+    #[schema(example = "card")]
     pub kind: &'static str,
+    #[schema(schema_with = openapi::payment_method_status)]
     pub status: &'static str,
     pub card: CardView<'a>,
 }
@@ -132,13 +150,16 @@ pub fn payment_method(m: &PaymentMethod) -> PaymentMethodView<'_> {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = Cap)]
 pub struct CapView {
     pub amount: i64,
+    #[schema(schema_with = openapi::period)]
     pub period: &'static str,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = Spend)]
 pub struct SpendView {
     pub period_start: i64,
     pub period_end: Option<i64>,
@@ -157,25 +178,31 @@ fn spend(d: &TokenDetails) -> SpendView {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = PaymentToken)]
 pub struct TokenView<'a> {
     pub id: &'a str,
+    #[schema(example = "payment_token")]
     pub object: &'static str,
     pub created: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token: Option<&'a str>,
+    #[schema(schema_with = openapi::token_status)]
     pub status: &'static str,
     pub customer: &'a str,
     pub credential: &'a str,
     pub payment_method: &'a str,
     pub provider: &'a str,
+    #[schema(schema_with = openapi::currency)]
     pub currency: &'static str,
     pub cap: CapView,
+    #[schema(schema_with = openapi::usage)]
     pub usage: &'static str,
     pub max_per_charge: Option<i64>,
     pub expires_at: i64,
     pub parent: Option<&'a str>,
     pub spend: SpendView,
+    #[schema(value_type = BTreeMap<String, String>)]
     pub metadata: &'a Metadata,
 }
 
@@ -205,7 +232,8 @@ pub fn token<'a>(d: &'a TokenDetails, secret: Option<&'a str>) -> TokenView<'a> 
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = ProviderRef)]
 pub struct ProviderRef<'a> {
     pub id: &'a str,
     pub name: &'a str,
@@ -213,14 +241,19 @@ pub struct ProviderRef<'a> {
 
 /// What an agent holding the token may know: nothing about the card or the
 /// customer.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = PaymentTokenSelf)]
 pub struct TokenSelfView<'a> {
     pub id: &'a str,
+    #[schema(example = "payment_token")]
     pub object: &'static str,
+    #[schema(schema_with = openapi::token_status)]
     pub status: &'static str,
     pub provider: ProviderRef<'a>,
+    #[schema(schema_with = openapi::currency)]
     pub currency: &'static str,
     pub cap: CapView,
+    #[schema(schema_with = openapi::usage)]
     pub usage: &'static str,
     pub max_per_charge: Option<i64>,
     pub expires_at: i64,
@@ -249,26 +282,32 @@ pub fn token_self(d: &TokenDetails) -> TokenSelfView<'_> {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = ChargeCard)]
 pub struct ChargeCardView<'a> {
     pub brand: &'a str,
     pub last4: &'a str,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = PaymentMethodDetails)]
 pub struct PaymentMethodDetails<'a> {
     pub card: ChargeCardView<'a>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = Charge)]
 pub struct ChargeView<'a> {
     pub id: &'a str,
+    #[schema(example = "charge")]
     pub object: &'static str,
     pub created: i64,
     pub amount: i64,
     pub amount_captured: i64,
     pub amount_refunded: i64,
+    #[schema(schema_with = openapi::currency)]
     pub currency: &'static str,
+    #[schema(schema_with = openapi::charge_status)]
     pub status: &'static str,
     pub captured: bool,
     pub refunded: bool,
@@ -281,6 +320,7 @@ pub struct ChargeView<'a> {
     pub payment_token: &'a str,
     pub provider: &'a str,
     pub description: Option<&'a str>,
+    #[schema(value_type = BTreeMap<String, String>)]
     pub metadata: &'a Metadata,
     pub payment_method_details: PaymentMethodDetails<'a>,
 }
@@ -314,15 +354,20 @@ pub fn charge(c: &Charge) -> ChargeView<'_> {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = Refund)]
 pub struct RefundView<'a> {
     pub id: &'a str,
+    #[schema(example = "refund")]
     pub object: &'static str,
     pub created: i64,
     pub charge: &'a str,
     pub amount: i64,
+    #[schema(schema_with = openapi::currency)]
     pub currency: &'static str,
+    #[schema(example = "succeeded")]
     pub status: &'static str,
+    #[schema(value_type = BTreeMap<String, String>)]
     pub metadata: &'a Metadata,
 }
 
@@ -339,14 +384,18 @@ pub fn refund(r: &Refund) -> RefundView<'_> {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = Amount)]
 pub struct AmountView {
     pub amount: i64,
+    #[schema(schema_with = openapi::currency)]
     pub currency: &'static str,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = Balance)]
 pub struct BalanceView {
+    #[schema(example = "balance")]
     pub object: &'static str,
     pub available: Vec<AmountView>,
     pub pending: Vec<AmountView>,
@@ -372,13 +421,17 @@ pub fn balance(lines: &[BalanceLine]) -> BalanceView {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = Payout)]
 pub struct PayoutView<'a> {
     pub id: &'a str,
+    #[schema(example = "payout")]
     pub object: &'static str,
     pub created: i64,
     pub amount: i64,
+    #[schema(schema_with = openapi::currency)]
     pub currency: &'static str,
+    #[schema(schema_with = openapi::payout_status)]
     pub status: &'static str,
     pub arrival_date: i64,
     pub automatic: bool,
@@ -399,13 +452,15 @@ pub fn payout(p: &Payout) -> PayoutView<'_> {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = SpendPair)]
 pub struct SpendPair {
     pub captured: i64,
     pub pending: i64,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = SpendMismatch)]
 pub struct SpendMismatchView<'a> {
     pub payment_token: &'a str,
     pub period_start: i64,
@@ -413,7 +468,8 @@ pub struct SpendMismatchView<'a> {
     pub computed: SpendPair,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = BalanceMismatch)]
 pub struct BalanceMismatchView<'a> {
     pub account: &'a str,
     pub currency: &'a str,
@@ -423,8 +479,10 @@ pub struct BalanceMismatchView<'a> {
     pub computed_pending: i64,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = LedgerVerification)]
 pub struct VerificationView<'a> {
+    #[schema(example = "ledger_verification")]
     pub object: &'static str,
     pub balanced: bool,
     pub transactions: u64,
@@ -476,9 +534,11 @@ pub fn verification(v: &LedgerVerification) -> VerificationView<'_> {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = LedgerReportLine)]
 pub struct ReportLineView<'a> {
     pub provider: &'a str,
+    #[schema(schema_with = openapi::currency)]
     pub currency: &'static str,
     pub gross: i64,
     pub fees: i64,
@@ -487,8 +547,10 @@ pub struct ReportLineView<'a> {
     pub paid_out: i64,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = LedgerReport)]
 pub struct ReportView<'a> {
+    #[schema(example = "ledger_report")]
     pub object: &'static str,
     pub from: Option<i64>,
     pub to: Option<i64>,
@@ -522,14 +584,17 @@ pub fn event(e: &Event) -> Box<serde_json::value::RawValue> {
     })
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = WebhookEndpoint)]
 pub struct WebhookEndpointView<'a> {
     pub id: &'a str,
+    #[schema(example = "webhook_endpoint")]
     pub object: &'static str,
     pub created: i64,
     pub url: &'a str,
     pub enabled_events: &'a [String],
     pub description: Option<&'a str>,
+    #[schema(schema_with = openapi::endpoint_status)]
     pub status: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secret: Option<&'a str>,
@@ -551,14 +616,17 @@ pub fn webhook_endpoint<'a>(
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = Deleted)]
 pub struct DeletedView<'a> {
     pub id: &'a str,
+    #[schema(example = "webhook_endpoint")]
     pub object: &'static str,
     pub deleted: bool,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = WebhookAttempt)]
 pub struct AttemptView<'a> {
     pub attempted_at: i64,
     pub status_code: Option<u16>,
@@ -566,14 +634,17 @@ pub struct AttemptView<'a> {
     pub error: Option<&'a str>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = WebhookDelivery)]
 pub struct DeliveryView<'a> {
     pub id: &'a str,
+    #[schema(example = "webhook_delivery")]
     pub object: &'static str,
     pub created: i64,
     pub webhook_endpoint: &'a str,
     pub event: &'a str,
     pub event_type: &'a str,
+    #[schema(schema_with = openapi::delivery_status)]
     pub status: &'a str,
     pub attempt_count: i64,
     pub next_attempt_at: Option<i64>,
@@ -604,9 +675,11 @@ pub fn delivery(d: &Delivery) -> DeliveryView<'_> {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = AuditEvent)]
 pub struct AuditView<'a> {
     pub id: &'a str,
+    #[schema(example = "audit_event")]
     pub object: &'static str,
     pub created: i64,
     pub seq: i64,
@@ -614,6 +687,7 @@ pub struct AuditView<'a> {
     pub request_id: Option<&'a str>,
     pub action: &'a str,
     pub object_id: &'a str,
+    #[schema(schema_with = openapi::audit_outcome)]
     pub outcome: &'a str,
     pub code: Option<&'a str>,
     pub prev_hash: String,
@@ -637,8 +711,10 @@ pub fn audit(r: &AuditRecord) -> AuditView<'_> {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = AuditVerification)]
 pub struct AuditVerificationView {
+    #[schema(example = "audit_verification")]
     pub object: &'static str,
     pub valid: bool,
     pub records: u64,

@@ -348,6 +348,8 @@ impl Target {
             test_clock: false,
             admin_key: Some(admin_key.clone()),
             master_key: None,
+            // The bench measures throughput; the per-secret limit would cap it.
+            rate_limit_per_second: 0,
             ..Config::default()
         })
         .await

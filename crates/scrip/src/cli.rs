@@ -141,6 +141,9 @@ pub enum ClientCommand {
     /// Operator: the hash-chained audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Find Scrip secrets and card numbers in files (no server needed).
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
     /// Check that the server answers (GET /healthz, no secret needed).
     Health {
         #[command(flatten)]
@@ -622,6 +625,7 @@ pub async fn run(command: ClientCommand) -> anyhow::Result<()> {
         ClientCommand::Events(c) => events(c).await,
         ClientCommand::Webhooks(c) => webhooks(c).await,
         ClientCommand::Audit(c) => audit(c).await,
+        ClientCommand::Secrets(SecretsCommand::Scan { paths }) => scan_paths(&paths),
         ClientCommand::Health { conn } => {
             let body = Client::new(&conn.url)
                 .with_body_observer(Arc::new(remember_body))
@@ -2282,4 +2286,66 @@ mod tests {
         assert_eq!(datetime(0), "1970-01-01 00:00:00 UTC");
         assert_eq!(datetime(1_767_225_600), "2026-01-01 00:00:00 UTC");
     }
+}
+
+#[derive(Subcommand)]
+pub enum SecretsCommand {
+    /// Scan files and directories for Scrip secrets (recognized by prefix
+    /// and checksum) and Luhn-valid card numbers; exits 1 if any is found.
+    /// Findings are reported by place and kind, never repeated.
+    Scan {
+        /// Files or directories (searched recursively).
+        #[arg(required = true)]
+        paths: Vec<std::path::PathBuf>,
+    },
+}
+
+/// Largest file `secrets scan` reads; bigger ones are reported and skipped.
+const SCAN_FILE_BYTES_MAX: u64 = 256 * 1024 * 1024;
+
+fn scan_paths(paths: &[std::path::PathBuf]) -> anyhow::Result<()> {
+    let mut stack: Vec<std::path::PathBuf> = paths.to_vec();
+    let mut files = 0usize;
+    let mut found = 0usize;
+    while let Some(path) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&path)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        if meta.is_dir() {
+            let mut entries: Vec<_> = std::fs::read_dir(&path)?
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .collect();
+            entries.sort();
+            stack.extend(entries.into_iter().rev());
+            continue;
+        }
+        if !meta.is_file() {
+            continue;
+        }
+        if meta.len() > SCAN_FILE_BYTES_MAX {
+            eprintln!(
+                "{}: skipped, larger than {SCAN_FILE_BYTES_MAX} bytes",
+                path.display()
+            );
+            continue;
+        }
+        let bytes = std::fs::read(&path)?;
+        let text = String::from_utf8_lossy(&bytes);
+        files += 1;
+        for f in scrip_server::scan::scan_text(&text) {
+            found += 1;
+            println!(
+                "{}:{}:{}: {}",
+                path.display(),
+                f.line,
+                f.column,
+                f.describe()
+            );
+        }
+    }
+    if found > 0 {
+        anyhow::bail!("found {found} secret(s) or card number(s) in {files} file(s)");
+    }
+    eprintln!("no Scrip secrets or card numbers in {files} file(s)");
+    Ok(())
 }

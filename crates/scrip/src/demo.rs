@@ -548,7 +548,8 @@ impl World {
         say.step(2, "The orchestrator vaults Ada's card (sk_orch_…)");
         let exp_year = i64::from(time::OffsetDateTime::now_utc().year()) + 3;
         say.line(format!(
-            "POST /v1/payment_methods with card {CARD_TYPED}, exp 12/{exp_year}, cvc ***"
+            "POST /v1/payment_methods with the card ending {} (the full number goes only to Scrip), exp 12/{exp_year}, cvc ***",
+            &CARD_NUMBER[CARD_NUMBER.len() - 4..]
         ));
         let method = self
             .orchestrator()?
@@ -1009,7 +1010,8 @@ impl World {
             "checked {count} response bodies ({bytes} bytes) received by every party ({by_party})"
         ));
         say.ok(format!(
-            "none contains the card number {CARD_NUMBER}; each secret appears only in the one response that created it"
+            "none contains the card number (ending {}); each secret appears only in the one response that created it",
+            &CARD_NUMBER[CARD_NUMBER.len() - 4..]
         ));
         Ok(())
     }

@@ -5,26 +5,36 @@ use axum::extract::{OriginalUri, RawQuery, State};
 use axum::response::Response;
 use scrip_core::limits;
 use serde::Deserialize;
+use utoipa::ToSchema;
 
 use super::error::ApiError;
 use super::extract::{Caller, Id, JsonBody, ListQuery};
 use super::idempotency::run;
+use super::openapi::{IdPath, ListParams, ReadErrors, WriteErrors};
 use super::{metadata, ok_json, require_admin, text, to_json, views, AppState};
 use crate::secrets::{new_id, Secret, PREFIX_ORCHESTRATOR, PREFIX_PROVIDER};
 use crate::store::model::{Credential, Customer, Metadata, Principal, Provider};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateCustomer {
+    #[schema(max_length = 320, example = "ada@example.com")]
     email: Option<String>,
+    #[schema(max_length = 200)]
     name: Option<String>,
+    #[schema(value_type = Option<BTreeMap<String, String>>)]
     metadata: Option<Metadata>,
 }
 
-#[derive(Deserialize)]
+/// No parameters: an empty body, or `{}`.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Empty {}
 
+/// Create a customer
+#[utoipa::path(post, path = "/v1/customers", tag = "customers",
+    request_body = Option<CreateCustomer>,
+    responses((status = 200, description = "The customer.", body = views::CustomerView), WriteErrors))]
 pub async fn create_customer(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -70,6 +80,9 @@ fn looks_like_email(e: &str) -> bool {
         && !e.chars().any(char::is_whitespace)
 }
 
+/// Retrieve a customer
+#[utoipa::path(get, path = "/v1/customers/{id}", tag = "customers", params(IdPath),
+    responses((status = 200, description = "The customer.", body = views::CustomerView), ReadErrors))]
 pub async fn get_customer(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -80,6 +93,9 @@ pub async fn get_customer(
     Ok(ok_json(&views::customer(&c)))
 }
 
+/// List customers
+#[utoipa::path(get, path = "/v1/customers", tag = "customers", params(ListParams),
+    responses((status = 200, description = "Customers, newest first.", body = views::List<views::CustomerView>), ReadErrors))]
 pub async fn list_customers(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -92,12 +108,19 @@ pub async fn list_customers(
     Ok(ok_json(&views::list(&page, uri.path(), views::customer)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateCredential {
+    #[schema(max_length = 200)]
     name: Option<String>,
 }
 
+/// Create an orchestrator credential for a customer
+///
+/// The response carries the credential's `secret` (`sk_orch_…`), shown this once.
+#[utoipa::path(post, path = "/v1/customers/{id}/credentials", tag = "credentials", params(IdPath),
+    request_body = Option<CreateCredential>,
+    responses((status = 200, description = "The credential, with its secret.", body = views::CredentialView), WriteErrors))]
 pub async fn create_credential(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -127,6 +150,9 @@ pub async fn create_credential(
     .await
 }
 
+/// List a customer's credentials (never their secrets)
+#[utoipa::path(get, path = "/v1/customers/{id}/credentials", tag = "credentials", params(IdPath, ListParams),
+    responses((status = 200, description = "Credentials, newest first.", body = views::List<views::CredentialView>), ReadErrors))]
 pub async fn list_credentials(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -143,6 +169,9 @@ pub async fn list_credentials(
     })))
 }
 
+/// Retrieve a credential
+#[utoipa::path(get, path = "/v1/credentials/{id}", tag = "credentials", params(IdPath),
+    responses((status = 200, description = "The credential.", body = views::CredentialView), ReadErrors))]
 pub async fn get_credential(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -154,6 +183,9 @@ pub async fn get_credential(
 }
 
 /// Admin, or the orchestrator revoking its own (leaked) credential.
+#[utoipa::path(post, path = "/v1/credentials/{id}/revoke", tag = "credentials", params(IdPath),
+    request_body = Option<Empty>,
+    responses((status = 200, description = "The credential, `revoked`; every token under it is refused from now on.", body = views::CredentialView), WriteErrors))]
 pub async fn revoke_credential(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -184,13 +216,21 @@ pub async fn revoke_credential(
     .await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateProvider {
+    #[schema(min_length = 1, max_length = 200)]
     name: String,
+    #[schema(value_type = Option<BTreeMap<String, String>>)]
     metadata: Option<Metadata>,
 }
 
+/// Create a provider
+///
+/// The response carries the provider's `secret` (`sk_prov_…`), shown this once.
+#[utoipa::path(post, path = "/v1/providers", tag = "providers",
+    request_body = CreateProvider,
+    responses((status = 200, description = "The provider, with its secret.", body = views::ProviderView), WriteErrors))]
 pub async fn create_provider(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -226,6 +266,9 @@ pub async fn create_provider(
     .await
 }
 
+/// Retrieve a provider (admin, or the provider itself)
+#[utoipa::path(get, path = "/v1/providers/{id}", tag = "providers", params(IdPath),
+    responses((status = 200, description = "The provider.", body = views::ProviderView), ReadErrors))]
 pub async fn get_provider(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -240,6 +283,9 @@ pub async fn get_provider(
     Ok(ok_json(&views::provider(&p, None)))
 }
 
+/// List providers
+#[utoipa::path(get, path = "/v1/providers", tag = "providers", params(ListParams),
+    responses((status = 200, description = "Providers, newest first.", body = views::List<views::ProviderView>), ReadErrors))]
 pub async fn list_providers(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -255,6 +301,9 @@ pub async fn list_providers(
 }
 
 /// Admin, or the provider rolling its own secret.
+#[utoipa::path(post, path = "/v1/providers/{id}/roll_secret", tag = "providers", params(IdPath),
+    request_body = Option<Empty>,
+    responses((status = 200, description = "The provider with its new secret; the old one is refused at once.", body = views::ProviderView), WriteErrors))]
 pub async fn roll_provider_secret(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -286,14 +335,18 @@ pub async fn roll_provider_secret(
     .await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdvanceClock {
+    #[schema(minimum = 1, maximum = 316224000)]
     seconds: i64,
 }
 
-#[derive(serde::Serialize)]
+/// The test clock after a move.
+#[derive(serde::Serialize, ToSchema)]
+#[schema(as = TestClock)]
 struct ClockView {
+    #[schema(example = "test_clock")]
     object: &'static str,
     now: i64,
     offset_secs: i64,
@@ -305,6 +358,9 @@ struct ClockView {
 
 /// Test mode only: moves the clock forward, durably, then releases the
 /// holds that expired on the way.
+#[utoipa::path(post, path = "/v1/test_helpers/advance_clock", tag = "test_helpers",
+    request_body = AdvanceClock,
+    responses((status = 200, description = "The new time, and what came due on the way.", body = ClockView), WriteErrors))]
 pub async fn advance_clock(
     State(state): State<AppState>,
     Caller(caller): Caller,

@@ -13,10 +13,14 @@ use scrip_core::limits;
 use scrip_core::money::ChargeAmount;
 use scrip_core::token::{self, ChargeRequest, Refusal};
 use serde::Deserialize;
+use utoipa::ToSchema;
 
 use super::error::ApiError;
 use super::extract::{Caller, Id, JsonBody, ListQuery};
 use super::idempotency::run;
+use super::openapi::{
+    self, ChargeFilters, IdPath, ListParams, PaymentErrors, ReadErrors, RefundFilters, WriteErrors,
+};
 use super::tokens::parse_currency;
 use super::{body_id, metadata, ok_json, text, to_json, views, AppState};
 use crate::secrets::{hash_secret, new_id, PREFIX_TOKEN};
@@ -25,14 +29,19 @@ use crate::store::model::{
 };
 use crate::store::StoreError;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateCharge {
+    #[schema(min_length = 1, max_length = 128, example = "scrip_pt_...")]
     token: String,
+    #[schema(minimum = 1, maximum = 99999999)]
     amount: i64,
+    #[schema(schema_with = openapi::currency)]
     currency: String,
     capture: Option<bool>,
+    #[schema(max_length = 1000)]
     description: Option<String>,
+    #[schema(value_type = Option<BTreeMap<String, String>>)]
     metadata: Option<Metadata>,
 }
 
@@ -67,6 +76,18 @@ fn token_invalid() -> ApiError {
     .with_param("token")
 }
 
+/// Redeem a payment token: create a charge
+///
+/// Made by the provider the token is scoped to, with its own secret. Checks,
+/// atomic with the spend they guard: the token is usable, the caller is its
+/// provider (otherwise 403 `token_scope_mismatch` and the token is revoked),
+/// the currency and per-charge limit match, the cap for the current period
+/// holds for the token and every ancestor, and the card network authorizes.
+/// With `"capture": false` the charge is an authorization hold
+/// (`requires_capture`).
+#[utoipa::path(post, path = "/v1/charges", tag = "charges",
+    request_body = CreateCharge,
+    responses((status = 200, description = "The charge: `succeeded`, or `requires_capture` for a hold.", body = views::ChargeView), PaymentErrors))]
 pub async fn create_charge(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -190,6 +211,9 @@ fn charge_scope(caller: &Principal) -> Result<Option<String>, ApiError> {
     }
 }
 
+/// Retrieve a charge
+#[utoipa::path(get, path = "/v1/charges/{id}", tag = "charges", params(IdPath),
+    responses((status = 200, description = "The charge.", body = views::ChargeView), ReadErrors))]
 pub async fn get_charge(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -211,6 +235,11 @@ pub async fn get_charge(
     Ok(ok_json(&views::charge(&charge)))
 }
 
+/// List charges
+///
+/// A provider sees its own; an orchestrator its customer's; the admin all.
+#[utoipa::path(get, path = "/v1/charges", tag = "charges", params(ListParams, ChargeFilters),
+    responses((status = 200, description = "Charges, newest first.", body = views::List<views::ChargeView>), ReadErrors))]
 pub async fn list_charges(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -232,12 +261,20 @@ pub async fn list_charges(
     Ok(ok_json(&views::list(&page, uri.path(), views::charge)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Capture {
+    #[schema(minimum = 1, maximum = 99999999)]
     amount: Option<i64>,
 }
 
+/// Capture a hold
+///
+/// Captures up to the authorized amount (default: all of it); the rest of the
+/// hold is released to the cap.
+#[utoipa::path(post, path = "/v1/charges/{id}/capture", tag = "charges", params(IdPath),
+    request_body = Option<Capture>,
+    responses((status = 200, description = "The charge, `succeeded`.", body = views::ChargeView), WriteErrors))]
 pub async fn capture_charge(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -266,6 +303,10 @@ pub async fn capture_charge(
     .await
 }
 
+/// Cancel a hold
+#[utoipa::path(post, path = "/v1/charges/{id}/cancel", tag = "charges", params(IdPath),
+    request_body = Option<super::admin::Empty>,
+    responses((status = 200, description = "The charge, `canceled`; the hold is released.", body = views::ChargeView), WriteErrors))]
 pub async fn cancel_charge(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -291,14 +332,24 @@ pub async fn cancel_charge(
     .await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRefund {
+    #[schema(min_length = 1, max_length = 64, example = "ch_...")]
     charge: String,
+    #[schema(minimum = 1, maximum = 99999999)]
     amount: Option<i64>,
+    #[schema(value_type = Option<BTreeMap<String, String>>)]
     metadata: Option<Metadata>,
 }
 
+/// Refund a captured charge
+///
+/// Refunds in total never exceed `amount_captured` (409
+/// `charge_already_refunded` past it).
+#[utoipa::path(post, path = "/v1/refunds", tag = "refunds",
+    request_body = CreateRefund,
+    responses((status = 200, description = "The refund.", body = views::RefundView), WriteErrors))]
 pub async fn create_refund(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -339,6 +390,9 @@ pub async fn create_refund(
     .await
 }
 
+/// Retrieve a refund
+#[utoipa::path(get, path = "/v1/refunds/{id}", tag = "refunds", params(IdPath),
+    responses((status = 200, description = "The refund.", body = views::RefundView), ReadErrors))]
 pub async fn get_refund(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -349,6 +403,9 @@ pub async fn get_refund(
     Ok(ok_json(&views::refund(&r)))
 }
 
+/// List refunds
+#[utoipa::path(get, path = "/v1/refunds", tag = "refunds", params(ListParams, RefundFilters),
+    responses((status = 200, description = "Refunds, newest first.", body = views::List<views::RefundView>), ReadErrors))]
 pub async fn list_refunds(
     State(state): State<AppState>,
     Caller(caller): Caller,

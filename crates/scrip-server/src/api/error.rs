@@ -6,6 +6,7 @@ use axum::response::{IntoResponse, Response};
 use scrip_core::card::CardError;
 use scrip_core::token::Refusal;
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::network::Decline;
 use crate::store::StoreError;
@@ -24,20 +25,32 @@ pub struct ApiError {
     pub retry_after_secs: Option<u64>,
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
+/// The body of every non-2xx response.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Error)]
+pub struct Body<'a> {
     error: Inner<'a>,
 }
 
-#[derive(Serialize)]
-struct Inner<'a> {
+#[derive(Serialize, ToSchema)]
+#[schema(as = ErrorDetail)]
+pub struct Inner<'a> {
+    /// The error family, e.g. `invalid_request_error`, `token_error`.
     #[serde(rename = "type")]
+    #[schema(schema_with = super::openapi::error_type)]
     kind: &'a str,
+    /// A stable machine-readable code, e.g. `parameter_missing`, `cap_exceeded`.
+    #[schema(example = "parameter_missing")]
     code: &'a str,
+    /// A sentence a person can act on; never echoes a card number, CVC or secret.
     message: &'a str,
+    /// The parameter at fault, when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String)]
     param: Option<&'a str>,
+    /// The card network's reason, on a `card_declined` error.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String)]
     decline_code: Option<&'a str>,
 }
 

@@ -5,11 +5,13 @@ use axum::extract::{OriginalUri, RawQuery, State};
 use axum::response::Response;
 use scrip_core::limits;
 use serde::Deserialize;
+use utoipa::ToSchema;
 
 use super::admin::Empty;
 use super::error::ApiError;
 use super::extract::{Caller, Id, JsonBody, ListQuery};
 use super::idempotency::run;
+use super::openapi::{self, EventDoc, EventFilters, IdPath, ListParams, ReadErrors, WriteErrors};
 use super::{ok_json, require_admin, text, to_json, views, AppState};
 use crate::secrets::{new_id, Secret};
 use crate::store::model::{
@@ -67,6 +69,11 @@ fn time_filter(q: &ListQuery, key: &str) -> Result<Option<i64>, ApiError> {
         .transpose()
 }
 
+/// List events
+///
+/// Each party sees only events about its own objects; the admin sees all.
+#[utoipa::path(get, path = "/v1/events", tag = "events", params(ListParams, EventFilters),
+    responses((status = 200, description = "Events, newest first.", body = views::List<EventDoc>), ReadErrors))]
 pub async fn list_events(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -91,6 +98,9 @@ pub async fn list_events(
     Ok(ok_json(&views::list(&page, uri.path(), views::event)))
 }
 
+/// Retrieve an event
+#[utoipa::path(get, path = "/v1/events/{id}", tag = "events", params(IdPath),
+    responses((status = 200, description = "The event.", body = EventDoc), ReadErrors))]
 pub async fn get_event(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -101,14 +111,20 @@ pub async fn get_event(
     Ok(ok_json(&views::event(&e)))
 }
 
-#[derive(serde::Serialize)]
+/// What a resend queued.
+#[derive(serde::Serialize, ToSchema)]
+#[schema(as = EventResend)]
 struct ResendView<'a> {
+    #[schema(example = "event_resend")]
     object: &'static str,
     event: &'a str,
     deliveries_queued: usize,
 }
 
 /// Queues an event again to the caller's endpoints that want it.
+#[utoipa::path(post, path = "/v1/events/{id}/resend", tag = "events", params(IdPath),
+    request_body = Option<Empty>,
+    responses((status = 200, description = "How many deliveries were queued.", body = ResendView), WriteErrors))]
 pub async fn resend_event(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -173,14 +189,29 @@ fn enabled_events(value: Vec<String>) -> Result<Vec<String>, ApiError> {
     Ok(value)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateEndpoint {
+    #[schema(
+        min_length = 1,
+        max_length = 2048,
+        example = "https://example.com/webhooks"
+    )]
     url: String,
+    #[schema(schema_with = openapi::enabled_events)]
     enabled_events: Vec<String>,
+    #[schema(max_length = 1000)]
     description: Option<String>,
 }
 
+/// Create a webhook endpoint
+///
+/// Owned by the orchestrator's customer or by the provider. The response
+/// carries the signing secret (`whsec_…`), shown this once. Deliveries carry
+/// `Scrip-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, "<t>.<raw body>")>`.
+#[utoipa::path(post, path = "/v1/webhook_endpoints", tag = "webhook_endpoints",
+    request_body = CreateEndpoint,
+    responses((status = 200, description = "The endpoint, with its signing secret.", body = views::WebhookEndpointView), WriteErrors))]
 pub async fn create_endpoint(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -226,6 +257,9 @@ pub async fn create_endpoint(
     .await
 }
 
+/// List webhook endpoints
+#[utoipa::path(get, path = "/v1/webhook_endpoints", tag = "webhook_endpoints", params(ListParams),
+    responses((status = 200, description = "Endpoints, newest first.", body = views::List<views::WebhookEndpointView>), ReadErrors))]
 pub async fn list_endpoints(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -240,6 +274,9 @@ pub async fn list_endpoints(
     })))
 }
 
+/// Retrieve a webhook endpoint
+#[utoipa::path(get, path = "/v1/webhook_endpoints/{id}", tag = "webhook_endpoints", params(IdPath),
+    responses((status = 200, description = "The endpoint.", body = views::WebhookEndpointView), ReadErrors))]
 pub async fn get_endpoint(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -250,14 +287,25 @@ pub async fn get_endpoint(
     Ok(ok_json(&views::webhook_endpoint(&e, None)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateEndpoint {
+    #[schema(
+        min_length = 1,
+        max_length = 2048,
+        example = "https://example.com/webhooks"
+    )]
     url: Option<String>,
+    #[schema(schema_with = openapi::enabled_events)]
     enabled_events: Option<Vec<String>>,
+    #[schema(max_length = 1000)]
     description: Option<String>,
 }
 
+/// Update a webhook endpoint
+#[utoipa::path(post, path = "/v1/webhook_endpoints/{id}", tag = "webhook_endpoints", params(IdPath),
+    request_body = Option<UpdateEndpoint>,
+    responses((status = 200, description = "The endpoint.", body = views::WebhookEndpointView), WriteErrors))]
 pub async fn update_endpoint(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -288,6 +336,9 @@ pub async fn update_endpoint(
     .await
 }
 
+/// Delete a webhook endpoint
+#[utoipa::path(delete, path = "/v1/webhook_endpoints/{id}", tag = "webhook_endpoints", params(IdPath),
+    responses((status = 200, description = "The endpoint is deleted.", body = views::DeletedView), ReadErrors))]
 pub async fn delete_endpoint(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -305,6 +356,11 @@ pub async fn delete_endpoint(
     }))
 }
 
+/// List a webhook endpoint's deliveries
+///
+/// Each with its last 20 attempts, newest first.
+#[utoipa::path(get, path = "/v1/webhook_endpoints/{id}/deliveries", tag = "webhook_endpoints", params(IdPath, ListParams),
+    responses((status = 200, description = "Deliveries, newest first.", body = views::List<views::DeliveryView>), ReadErrors))]
 pub async fn list_deliveries(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -318,6 +374,12 @@ pub async fn list_deliveries(
     Ok(ok_json(&views::list(&page, uri.path(), views::delivery)))
 }
 
+/// List audit events
+///
+/// Who (a secret's id, never the secret), what, on which object, outcome,
+/// when: for every state change and every refused authorization.
+#[utoipa::path(get, path = "/v1/audit_events", tag = "audit", params(ListParams),
+    responses((status = 200, description = "Audit events, newest first.", body = views::List<views::AuditView>), ReadErrors))]
 pub async fn list_audit(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -330,6 +392,9 @@ pub async fn list_audit(
     Ok(ok_json(&views::list(&page, uri.path(), views::audit)))
 }
 
+/// Verify the audit log's hash chain
+#[utoipa::path(get, path = "/v1/audit_events/verify", tag = "audit",
+    responses((status = 200, description = "The verification.", body = views::AuditVerificationView), ReadErrors))]
 pub async fn verify_audit(
     State(state): State<AppState>,
     Caller(caller): Caller,

@@ -48,8 +48,27 @@ impl FromRequestParts<AppState> for Caller {
             state.store.resolve_secret(hash).await?
         };
         let Some(principal) = principal else {
+            // Someone guessing secrets gets slower answers, not faster ones.
+            let ip = parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0.ip());
+            if let Some(delay) = state.limiter.auth_failure(ip) {
+                tokio::time::sleep(delay).await;
+            }
             return Err(ApiError::unauthenticated("Invalid API secret provided."));
         };
+        // A limited request is refused before it can have any effect.
+        if let Err(retry_after_secs) = state.limiter.check(principal.actor_id()) {
+            let mut e = ApiError::new(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                "rate_limited",
+                "Too many requests with this secret; slow down and retry after the time in Retry-After.",
+            );
+            e.retry_after_secs = Some(retry_after_secs.max(1));
+            return Err(e);
+        }
         if let Some(ctx) = crate::context::current() {
             ctx.set_actor(principal.actor_id());
         }
@@ -111,7 +130,8 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     }
 }
 
-fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<String>, ApiError> {
+/// The request's Idempotency-Key, if sent: 1 to 255 visible ASCII characters.
+pub fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(v) = headers.get("idempotency-key") else {
         return Ok(None);
     };

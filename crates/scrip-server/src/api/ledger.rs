@@ -5,10 +5,12 @@ use axum::extract::{OriginalUri, RawQuery, State};
 use axum::response::Response;
 use scrip_core::limits;
 use serde::Deserialize;
+use utoipa::ToSchema;
 
 use super::error::ApiError;
 use super::extract::{Caller, Id, JsonBody, ListQuery};
 use super::idempotency::run;
+use super::openapi::{self, IdPath, ListParams, ReadErrors, ReportWindow, WriteErrors};
 use super::tokens::parse_currency;
 use super::{ok_json, require_admin, to_json, views, AppState};
 use crate::secrets::new_id;
@@ -23,6 +25,12 @@ fn own_provider(caller: &Principal) -> Result<&str, ApiError> {
     }
 }
 
+/// The provider's balance
+///
+/// Captured charges, less the processor fee and refunds, settle from
+/// `pending` to `available` after the settlement delay.
+#[utoipa::path(get, path = "/v1/balance", tag = "balance",
+    responses((status = 200, description = "The balance, per currency.", body = views::BalanceView), ReadErrors))]
 pub async fn balance(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -32,13 +40,22 @@ pub async fn balance(
     Ok(ok_json(&views::balance(&lines)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreatePayout {
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_i64)]
     amount: Option<i64>,
+    #[schema(schema_with = openapi::currency)]
     currency: String,
 }
 
+/// Pay out the available balance
+///
+/// Without `amount`, all of `available` in that currency. More than available
+/// is 409 `insufficient_available_balance`.
+#[utoipa::path(post, path = "/v1/payouts", tag = "payouts",
+    request_body = CreatePayout,
+    responses((status = 200, description = "The payout, `in_transit` until its `arrival_date`.", body = views::PayoutView), WriteErrors))]
 pub async fn create_payout(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -86,6 +103,9 @@ fn payout_scope(caller: &Principal) -> Result<Option<String>, ApiError> {
     }
 }
 
+/// Retrieve a payout
+#[utoipa::path(get, path = "/v1/payouts/{id}", tag = "payouts", params(IdPath),
+    responses((status = 200, description = "The payout.", body = views::PayoutView), ReadErrors))]
 pub async fn get_payout(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -96,6 +116,9 @@ pub async fn get_payout(
     Ok(ok_json(&views::payout(&p)))
 }
 
+/// List payouts
+#[utoipa::path(get, path = "/v1/payouts", tag = "payouts", params(ListParams),
+    responses((status = 200, description = "Payouts, newest first.", body = views::List<views::PayoutView>), ReadErrors))]
 pub async fn list_payouts(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -108,6 +131,13 @@ pub async fn list_payouts(
     Ok(ok_json(&views::list(&page, uri.path(), views::payout)))
 }
 
+/// Verify the ledger
+///
+/// Recomputed from the entries: each transaction sums to zero per currency,
+/// materialized balances agree, and every token's spend agrees with its
+/// charges.
+#[utoipa::path(get, path = "/v1/ledger/verify", tag = "ledger",
+    responses((status = 200, description = "The verification.", body = views::VerificationView), ReadErrors))]
 pub async fn verify(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -133,6 +163,11 @@ fn time_param(q: &ListQuery, name: &str) -> Result<Option<i64>, ApiError> {
     }
 }
 
+/// Ledger report per provider and currency
+///
+/// For ledger transactions created in `[from, to)`; `net = gross - fees - refunds`.
+#[utoipa::path(get, path = "/v1/ledger/report", tag = "ledger", params(ReportWindow),
+    responses((status = 200, description = "The report.", body = views::ReportView), ReadErrors))]
 pub async fn report(
     State(state): State<AppState>,
     Caller(caller): Caller,

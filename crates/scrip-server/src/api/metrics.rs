@@ -101,6 +101,20 @@ impl Metrics {
     }
 }
 
+/// Prometheus metrics
+///
+/// Request counts by status class, latencies, charge outcomes and the store's
+/// write groups, in the Prometheus text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    security(()),
+    responses(
+        (status = 200, description = "The metrics.", body = String, content_type = "text/plain; version=0.0.4"),
+        super::openapi::PublicErrors,
+    )
+)]
 pub async fn render(State(state): State<AppState>) -> Response {
     let mut text = state.metrics.exposition();
     let w = state.store.write_stats();

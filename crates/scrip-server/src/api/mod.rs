@@ -8,8 +8,11 @@ pub mod error;
 pub mod events;
 pub mod extract;
 pub mod idempotency;
+pub mod keys;
 pub mod ledger;
 pub mod metrics;
+pub mod openapi;
+pub mod ratelimit;
 pub mod tokens;
 pub mod vault;
 pub use crate::views;
@@ -46,6 +49,10 @@ pub struct AppState {
     pub metrics: Arc<metrics::Metrics>,
     /// Whether upkeep makes the daily automatic payouts.
     pub auto_payout: bool,
+    /// Per-secret rate limits and the slowdown of repeated 401s.
+    pub limiter: Arc<ratelimit::Limiter>,
+    /// The master keys, for rotation.
+    pub keys: Arc<dyn crate::keys::KeyProvider>,
 }
 
 /// The whole API as a router, so tests can drive it without a socket.
@@ -127,7 +134,10 @@ pub fn app(state: AppState) -> Router {
             get(events::list_deliveries),
         )
         .route("/audit_events", get(events::list_audit))
-        .route("/audit_events/verify", get(events::verify_audit));
+        .route("/audit_events/verify", get(events::verify_audit))
+        .route("/keys", get(keys::get_keys))
+        .route("/keys/rotate", post(keys::rotate))
+        .route("/openapi.json", get(openapi::serve));
     if state.clock.is_test() {
         v1 = v1.route("/test_helpers/advance_clock", post(admin::advance_clock));
     }
@@ -147,6 +157,7 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
+#[utoipa::path(get, path = "/healthz", tag = "operations", security(()), responses(openapi::HealthResponses))]
 async fn healthz(State(state): State<AppState>) -> Response {
     match state.store.health().await {
         Ok(()) => idempotency::json_response(StatusCode::OK, br#"{"status":"ok"}"#.to_vec()),
@@ -185,6 +196,14 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
     let method = req.method().clone();
     let path: String =
         error::redact_digits(&req.uri().path().chars().take(200).collect::<String>());
+    if state.clock.is_test() {
+        // The test clock lives in the store, so every node sharing it
+        // (PostgreSQL) reads the same time.
+        match state.store.clock_offset().await {
+            Ok(offset) => state.clock.set_offset_secs(offset),
+            Err(e) => tracing::warn!(error = %e, "cannot refresh the test clock"),
+        }
+    }
     let ctx = crate::context::RequestContext::new(request_id.clone());
     let mut response = crate::context::scope(ctx, next.run(req)).await;
     let elapsed = started.elapsed();

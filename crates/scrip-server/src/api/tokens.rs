@@ -8,33 +8,44 @@ use scrip_core::money::{CapAmount, ChargeAmount, Currency};
 use scrip_core::period::Period;
 use scrip_core::token::{Status, StoredStatus, Usage};
 use serde::Deserialize;
+use utoipa::ToSchema;
 
 use super::admin::Empty;
 use super::error::ApiError;
 use super::extract::{Caller, Id, JsonBody, ListQuery};
 use super::idempotency::run;
+use super::openapi::{self, IdPath, ListParams, ReadErrors, TokenFilters, WriteErrors};
 use super::{body_id, metadata, ok_json, to_json, views, AppState};
 use crate::secrets::{new_id, Secret, PREFIX_TOKEN};
 use crate::store::model::{Metadata, NewToken, Principal, Token, TokenDetails, TokenFilter};
 use crate::store::TokenChange;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CapInput {
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_i64)]
     amount: i64,
+    #[schema(schema_with = openapi::period)]
     period: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateToken {
+    #[schema(min_length = 1, max_length = 64, example = "pm_...")]
     payment_method: String,
+    #[schema(min_length = 1, max_length = 64, example = "prov_...")]
     provider: String,
+    #[schema(schema_with = openapi::currency)]
     currency: String,
     cap: CapInput,
+    #[schema(schema_with = openapi::usage)]
     usage: Option<String>,
+    #[schema(minimum = 1, maximum = 99999999)]
     max_per_charge: Option<i64>,
+    #[schema(example = 1767225600)]
     expires_at: Option<i64>,
+    #[schema(value_type = Option<BTreeMap<String, String>>)]
     metadata: Option<Metadata>,
 }
 
@@ -44,6 +55,15 @@ pub fn parse_currency(value: &str, param: &str) -> Result<Currency, ApiError> {
         .map_err(|e| ApiError::invalid("currency_unsupported", param, e.to_string()))
 }
 
+/// Issue a payment token
+///
+/// Scoped to one provider, one currency and one payment method of the
+/// credential's customer, with a cap per period, an optional limit per
+/// charge and an expiry (default 30 days, at most 366). The response carries
+/// the token itself (`scrip_pt_…`), shown this once.
+#[utoipa::path(post, path = "/v1/tokens", tag = "tokens",
+    request_body = CreateToken,
+    responses((status = 200, description = "The payment token, with its `token`.", body = views::TokenView), WriteErrors))]
 pub async fn create_token(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -155,6 +175,9 @@ fn token_scope(caller: &Principal) -> Result<Option<String>, ApiError> {
     }
 }
 
+/// Retrieve a payment token
+#[utoipa::path(get, path = "/v1/tokens/{id}", tag = "tokens", params(IdPath),
+    responses((status = 200, description = "The payment token, with its spend in the current period.", body = views::TokenView), ReadErrors))]
 pub async fn get_token(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -168,6 +191,9 @@ pub async fn get_token(
     Ok(ok_json(&views::token(&d, None)))
 }
 
+/// List payment tokens
+#[utoipa::path(get, path = "/v1/tokens", tag = "tokens", params(ListParams, TokenFilters),
+    responses((status = 200, description = "Payment tokens, newest first.", body = views::List<views::TokenView>), ReadErrors))]
 pub async fn list_tokens(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -235,6 +261,12 @@ async fn change(
     .await
 }
 
+/// Revoke a payment token
+///
+/// It is refused from then on, and so is every token derived from it.
+#[utoipa::path(post, path = "/v1/tokens/{id}/revoke", tag = "tokens", params(IdPath),
+    request_body = Option<Empty>,
+    responses((status = 200, description = "The payment token, `revoked`.", body = views::TokenView), WriteErrors))]
 pub async fn revoke_token(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -244,6 +276,13 @@ pub async fn revoke_token(
     change(state, caller, id, body, TokenChange::Revoke).await
 }
 
+/// Suspend a payment token
+///
+/// Charges are refused with `token_suspended` until it is resumed. Only an
+/// `active` token can be suspended (else 409 `token_not_active`).
+#[utoipa::path(post, path = "/v1/tokens/{id}/suspend", tag = "tokens", params(IdPath),
+    request_body = Option<Empty>,
+    responses((status = 200, description = "The payment token, `suspended`.", body = views::TokenView), WriteErrors))]
 pub async fn suspend_token(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -253,6 +292,12 @@ pub async fn suspend_token(
     change(state, caller, id, body, TokenChange::Suspend).await
 }
 
+/// Resume a suspended payment token
+///
+/// Only a `suspended` token can be resumed (else 409 `token_not_suspended`).
+#[utoipa::path(post, path = "/v1/tokens/{id}/resume", tag = "tokens", params(IdPath),
+    request_body = Option<Empty>,
+    responses((status = 200, description = "The payment token, `active` again.", body = views::TokenView), WriteErrors))]
 pub async fn resume_token(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -263,6 +308,9 @@ pub async fn resume_token(
 }
 
 /// What the agent holding the token may know about it.
+#[utoipa::path(get, path = "/v1/tokens/self", tag = "tokens",
+    description = "With the payment token itself as the bearer secret (`scrip_pt_…`): what the agent holding it may know. Nothing about the card or the customer.",
+    responses((status = 200, description = "The token's scope and spend.", body = views::TokenSelfView), ReadErrors))]
 pub async fn token_self(
     State(state): State<AppState>,
     Caller(caller): Caller,

@@ -6,31 +6,46 @@ use axum::response::Response;
 use scrip_core::card::{check_expiry, CardNumber, Cvc};
 use serde::Deserialize;
 use time::OffsetDateTime;
+use utoipa::ToSchema;
 use zeroize::Zeroizing;
 
 use super::admin::Empty;
 use super::error::ApiError;
 use super::extract::{Caller, Id, JsonBody, ListQuery};
 use super::idempotency::run;
+use super::openapi::{
+    IdPath, ListParams, PaymentErrors, PaymentMethodFilters, ReadErrors, WriteErrors,
+};
 use super::{body_id, ok_json, to_json, views, AppState};
 use crate::secrets::new_id;
 use crate::store::model::{NewPaymentMethod, PaymentMethod, Principal};
 
 /// Card input. Deliberately not `Debug`: the number and CVC live in
 /// zeroizing buffers and are never printed.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(
+    as = CardInput,
+    description = "The card to vault. The number is stored only sealed and never shown again beyond `last4`; the CVC is verified once and never stored."
+)]
 pub struct CardInput {
+    /// 12 to 19 digits (Luhn-valid); spaces and dashes are ignored.
+    #[schema(value_type = String, min_length = 12, max_length = 40)]
     number: Zeroizing<String>,
+    #[schema(minimum = 1, maximum = 12)]
     exp_month: i64,
+    #[schema(example = 2030)]
     exp_year: i64,
+    /// 3 digits (4 for amex).
+    #[schema(value_type = String, min_length = 3, max_length = 4, example = "123")]
     cvc: Zeroizing<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreatePaymentMethod {
     card: CardInput,
+    #[schema(max_length = 64)]
     customer: Option<String>,
 }
 
@@ -50,6 +65,15 @@ fn customer_scope(caller: &Principal, named: Option<&str>) -> Result<Option<Stri
     }
 }
 
+/// Vault a card
+///
+/// The number is checked (12 to 19 digits after removing spaces and dashes,
+/// Luhn), the expiry must not be past, and the CVC (3 digits, 4 for amex) is
+/// verified once with the card network and then forgotten. An orchestrator
+/// vaults for its own customer; the admin names `customer`.
+#[utoipa::path(post, path = "/v1/payment_methods", tag = "payment_methods",
+    request_body = CreatePaymentMethod,
+    responses((status = 200, description = "The payment method; only `last4` of the number is ever shown.", body = views::PaymentMethodView), PaymentErrors))]
 pub async fn create_payment_method(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -118,6 +142,9 @@ pub async fn create_payment_method(
     .await
 }
 
+/// Retrieve a payment method
+#[utoipa::path(get, path = "/v1/payment_methods/{id}", tag = "payment_methods", params(IdPath),
+    responses((status = 200, description = "The payment method.", body = views::PaymentMethodView), ReadErrors))]
 pub async fn get_payment_method(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -128,6 +155,9 @@ pub async fn get_payment_method(
     Ok(ok_json(&views::payment_method(&m)))
 }
 
+/// List payment methods
+#[utoipa::path(get, path = "/v1/payment_methods", tag = "payment_methods", params(ListParams, PaymentMethodFilters),
+    responses((status = 200, description = "Payment methods, newest first.", body = views::List<views::PaymentMethodView>), ReadErrors))]
 pub async fn list_payment_methods(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -147,6 +177,12 @@ pub async fn list_payment_methods(
     )))
 }
 
+/// Detach a payment method
+///
+/// Every token backed by it is refused from then on (`payment_method_unavailable`).
+#[utoipa::path(post, path = "/v1/payment_methods/{id}/detach", tag = "payment_methods", params(IdPath),
+    request_body = Option<Empty>,
+    responses((status = 200, description = "The payment method, `detached`.", body = views::PaymentMethodView), WriteErrors))]
 pub async fn detach_payment_method(
     State(state): State<AppState>,
     Caller(caller): Caller,

@@ -7,7 +7,9 @@
 //! group commit, many readers). A PostgreSQL backend implements the same
 //! trait; `tests/api` drives both through the HTTP layer.
 
+mod common;
 pub mod model;
+pub mod postgres;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -111,6 +113,9 @@ pub trait Store: Send + Sync + 'static {
     fn write_stats(&self) -> WriteStats;
     async fn data_keys(&self) -> StoreResult<Vec<WrappedKey>>;
     async fn insert_data_keys(&self, keys: Vec<WrappedKey>) -> StoreResult<()>;
+    /// Stores data keys re-wrapped under another master key (rotation), in
+    /// one atomic write; each key keeps its id.
+    async fn update_data_keys(&self, keys: Vec<WrappedKey>) -> StoreResult<()>;
     async fn admin_key_hash(&self) -> StoreResult<Option<SecretHash>>;
     async fn set_admin_key_hash(&self, hash: SecretHash) -> StoreResult<()>;
     async fn clock_offset(&self) -> StoreResult<i64>;

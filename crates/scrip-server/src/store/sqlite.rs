@@ -17,15 +17,14 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use scrip_core::limits;
 use scrip_core::money::{CapAmount, Currency};
 use scrip_core::period::Period;
-use scrip_core::token::{
-    self, ChargeRequest, Link, Scope, Spend, Standing, Status, StoredStatus, Usage,
-};
+use scrip_core::token::{self, ChargeRequest, Link, Spend, Standing, Status, StoredStatus, Usage};
 use scrip_core::UnixSecs;
 use tokio::sync::oneshot;
 
 mod ledger;
 mod outbox;
 
+use super::common::{json, metadata_to, not_found, scope_of};
 use super::model::*;
 use super::{IdemWrite, LedgerConfig, Store, StoreError, StoreResult, TokenChange, WriteStats};
 use crate::secrets::SecretHash;
@@ -426,11 +425,7 @@ fn remember_response<T>(conn: &Connection, idem: IdemWrite<T>, value: &T) -> Sto
 // --- row mapping -------------------------------------------------------------
 
 fn metadata_from(text: String) -> Metadata {
-    serde_json::from_str(&text).unwrap_or_default()
-}
-
-fn metadata_to(m: &Metadata) -> String {
-    serde_json::to_string(m).unwrap_or_else(|_| "{}".into())
+    super::common::metadata_from(&text)
 }
 
 fn bad_row(what: &str) -> rusqlite::Error {
@@ -541,19 +536,6 @@ fn token_row(r: &Row<'_>) -> rusqlite::Result<TokenRow> {
     })
 }
 
-fn scope_of(t: &Token) -> Scope {
-    Scope {
-        provider_id: t.provider_id.clone(),
-        currency: t.currency,
-        cap: t.cap,
-        period: t.period,
-        usage: t.usage,
-        max_per_charge: t.max_per_charge,
-        expires_at: t.expires_at,
-        created: t.created,
-    }
-}
-
 const CHARGE_COLS: &str = "id, token_id, provider_id, customer_id, payment_method_id, amount, \
      amount_captured, amount_refunded, currency, status, description, metadata, brand, last4, \
      created, capture_before, network_reference, fee, failure_code, decline_code";
@@ -594,13 +576,6 @@ fn refund_row(r: &Row<'_>) -> rusqlite::Result<Refund> {
         metadata: metadata_from(r.get(5)?),
         created: r.get(6)?,
     })
-}
-
-fn not_found(resource: &'static str, id: &str) -> StoreError {
-    StoreError::NotFound {
-        resource,
-        id: id.chars().take(limits::ID_LEN_MAX).collect(),
-    }
 }
 
 // --- pagination ------------------------------------------------------------------
@@ -876,11 +851,6 @@ fn insert_charge(conn: &Connection, charge: &Charge) -> StoreResult<()> {
     Ok(())
 }
 
-/// Serializes a view for an event payload.
-fn json<S: serde::Serialize>(view: &S) -> Vec<u8> {
-    serde_json::to_vec(view).unwrap_or_default()
-}
-
 /// A charge event goes to the customer whose card it is and the provider
 /// that made it.
 fn emit_charge(conn: &Connection, kind: &str, charge: &Charge, now: UnixSecs) -> StoreResult<()> {
@@ -1009,6 +979,32 @@ impl Store for SqliteStore {
                         params![k.id, k.purpose, k.master_key_id, k.wrapped, k.created],
                     )?;
                     outbox::audit_ok(conn, "data_key.created", &k.id, k.created)?;
+                }
+                Ok(())
+            },
+            None,
+        )
+        .await
+    }
+
+    async fn update_data_keys(&self, keys: Vec<WrappedKey>) -> StoreResult<()> {
+        self.write(
+            move |conn| {
+                for k in &keys {
+                    let changed = conn
+                        .prepare_cached(
+                            "UPDATE data_keys SET master_key_id = ?2, wrapped = ?3 WHERE id = ?1",
+                        )?
+                        .execute(params![k.id, k.master_key_id, k.wrapped])?;
+                    if changed != 1 {
+                        return Err(not_found("data_key", &k.id));
+                    }
+                    outbox::audit_ok(
+                        conn,
+                        "data_key.rewrapped",
+                        &k.id,
+                        crate::clock::system_now(),
+                    )?;
                 }
                 Ok(())
             },

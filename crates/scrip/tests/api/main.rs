@@ -13,3 +13,4 @@ mod ledger;
 mod lifecycle;
 mod periods;
 mod secrets;
+mod security;

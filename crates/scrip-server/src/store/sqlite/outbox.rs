@@ -5,15 +5,13 @@
 
 use std::cell::RefCell;
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
-use serde::Serialize;
-use sha2::{Digest, Sha256};
-
+use super::super::common::audit_hash;
 use super::super::model::*;
 use super::super::{StoreError, StoreResult};
 use super::not_found;
 use crate::secrets::new_id;
 use crate::vault::Sealed;
+use rusqlite::{params, Connection, OptionalExtension, Row};
 
 thread_local! {
     /// Who the writer is working for: set around each queued operation
@@ -32,32 +30,6 @@ pub(super) fn with_identity<T>(identity: (String, Option<String>), f: impl FnOnc
 
 fn identity() -> (String, Option<String>) {
     IDENTITY.with(|cell| cell.borrow().clone())
-}
-
-/// The bytes a record's hash covers: every field, length-prefixed, then
-/// the previous record's hash.
-pub(super) fn audit_hash(r: &AuditRecord) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(b"scrip audit v1");
-    let fields: [&[u8]; 8] = [
-        &r.seq.to_be_bytes(),
-        r.id.as_bytes(),
-        &r.created.to_be_bytes(),
-        r.actor.as_bytes(),
-        r.request_id.as_deref().unwrap_or("").as_bytes(),
-        r.action.as_bytes(),
-        r.object_id.as_bytes(),
-        r.outcome.as_bytes(),
-    ];
-    for f in fields {
-        h.update((f.len() as u64).to_be_bytes());
-        h.update(f);
-    }
-    let code = r.code.as_deref().unwrap_or("");
-    h.update((code.len() as u64).to_be_bytes());
-    h.update(code.as_bytes());
-    h.update(r.prev_hash);
-    h.finalize().into()
 }
 
 /// Appends one record to the audit log, chained to the last one.
@@ -180,21 +152,6 @@ pub(super) fn verify_audit(conn: &Connection) -> StoreResult<AuditVerification> 
     Ok(v)
 }
 
-#[derive(Serialize)]
-struct EventData<'a> {
-    object: &'a serde_json::value::RawValue,
-}
-
-#[derive(Serialize)]
-struct EventJson<'a> {
-    id: &'a str,
-    object: &'static str,
-    #[serde(rename = "type")]
-    kind: &'a str,
-    created: i64,
-    data: EventData<'a>,
-}
-
 /// Writes an event about an object (its JSON view as of now) and queues a
 /// delivery to every webhook endpoint of a party that may see it and wants
 /// it. `real_now` schedules the first delivery attempt.
@@ -213,18 +170,7 @@ pub(super) fn emit(
         "unknown event type {kind}"
     );
     let id = new_id("evt");
-    let object_text = std::str::from_utf8(object_json)
-        .map_err(|_| StoreError::Database("an event object is not UTF-8".into()))?;
-    let raw = serde_json::value::RawValue::from_string(object_text.to_owned())
-        .map_err(|e| StoreError::Database(format!("an event object is not JSON: {e}")))?;
-    let json = serde_json::to_string(&EventJson {
-        id: &id,
-        object: "event",
-        kind,
-        created: now,
-        data: EventData { object: &raw },
-    })
-    .map_err(|e| StoreError::Database(e.to_string()))?;
+    let json = super::super::common::event_json(&id, kind, now, object_json)?;
     conn.prepare_cached(
         "INSERT INTO events (id, type, created, customer_id, provider_id, object_id, json)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",

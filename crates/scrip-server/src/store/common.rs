@@ -1,0 +1,110 @@
+//! Pure helpers shared by the store backends, so that both render events,
+//! hash the audit chain and map rows the same way.
+
+use scrip_core::limits;
+use scrip_core::token::Scope;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::model::{AuditRecord, Metadata, Token};
+use super::{StoreError, StoreResult};
+
+/// Metadata as stored (a JSON object); an unreadable value reads as empty.
+pub(crate) fn metadata_from(text: &str) -> Metadata {
+    serde_json::from_str(text).unwrap_or_default()
+}
+
+/// Metadata as stored: a JSON object.
+pub(crate) fn metadata_to(m: &Metadata) -> String {
+    serde_json::to_string(m).unwrap_or_else(|_| "{}".into())
+}
+
+/// Serializes a view for an event payload.
+pub(crate) fn json<S: Serialize>(view: &S) -> Vec<u8> {
+    serde_json::to_vec(view).unwrap_or_default()
+}
+
+/// What the charge decision needs to know about a token.
+pub(crate) fn scope_of(t: &Token) -> Scope {
+    Scope {
+        provider_id: t.provider_id.clone(),
+        currency: t.currency,
+        cap: t.cap,
+        period: t.period,
+        usage: t.usage,
+        max_per_charge: t.max_per_charge,
+        expires_at: t.expires_at,
+        created: t.created,
+    }
+}
+
+/// A missing object, naming at most `ID_LEN_MAX` characters of its id.
+pub(crate) fn not_found(resource: &'static str, id: &str) -> StoreError {
+    StoreError::NotFound {
+        resource,
+        id: id.chars().take(limits::ID_LEN_MAX).collect(),
+    }
+}
+
+/// The bytes a record's hash covers: every field, length-prefixed, then
+/// the previous record's hash.
+pub(crate) fn audit_hash(r: &AuditRecord) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"scrip audit v1");
+    let fields: [&[u8]; 8] = [
+        &r.seq.to_be_bytes(),
+        r.id.as_bytes(),
+        &r.created.to_be_bytes(),
+        r.actor.as_bytes(),
+        r.request_id.as_deref().unwrap_or("").as_bytes(),
+        r.action.as_bytes(),
+        r.object_id.as_bytes(),
+        r.outcome.as_bytes(),
+    ];
+    for f in fields {
+        h.update((f.len() as u64).to_be_bytes());
+        h.update(f);
+    }
+    let code = r.code.as_deref().unwrap_or("");
+    h.update((code.len() as u64).to_be_bytes());
+    h.update(code.as_bytes());
+    h.update(r.prev_hash);
+    h.finalize().into()
+}
+
+#[derive(Serialize)]
+struct EventData<'a> {
+    object: &'a serde_json::value::RawValue,
+}
+
+#[derive(Serialize)]
+struct EventJson<'a> {
+    id: &'a str,
+    object: &'static str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    created: i64,
+    data: EventData<'a>,
+}
+
+/// An event's JSON: `{id, object: "event", type, created, data: {object}}`
+/// around the object's already-rendered view.
+pub(crate) fn event_json(
+    id: &str,
+    kind: &str,
+    created: i64,
+    object_json: &[u8],
+) -> StoreResult<String> {
+    let object_text = std::str::from_utf8(object_json)
+        .map_err(|_| StoreError::Database("an event object is not UTF-8".into()))?;
+    let raw = serde_json::value::RawValue::from_string(object_text.to_owned())
+        .map_err(|e| StoreError::Database(format!("an event object is not JSON: {e}")))?;
+    serde_json::to_string(&EventJson {
+        id,
+        object: "event",
+        kind,
+        created,
+        data: EventData { object: &raw },
+    })
+    .map_err(|e| StoreError::Database(e.to_string()))
+}
