@@ -1770,3 +1770,78 @@ mod cases {
             .all(|r| r.actor == "system" && r.request_id.is_none()));
     }
 }
+
+// --- PostgreSQL only: starting nodes ------------------------------------------------
+
+/// Several nodes may start at once on an empty schema; a schema newer than
+/// the binary, or an unreachable server, is a clear error at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_start_migrates_once_and_refuses_what_it_cannot_use() {
+    let Some(base) = postgres_url() else {
+        report("conformance postgres_start: skipped (SCRIP_TEST_POSTGRES_URL is not set)");
+        return;
+    };
+    let schema = format!("scrip_test_{}", hex::encode(rand::random::<[u8; 6]>()));
+    PgStore::create_schema(&base, &schema).await.unwrap();
+    let url = url_with_search_path(&base, &schema);
+    let outcome = tokio::spawn({
+        let url = url.clone();
+        async move {
+            let starts: Vec<_> = (0..4)
+                .map(|_| {
+                    let url = url.clone();
+                    tokio::spawn(
+                        async move { PgStore::connect(&url, LedgerConfig::default()).await },
+                    )
+                })
+                .collect();
+            let mut stores = Vec::new();
+            for s in starts {
+                stores.push(s.await.unwrap().expect("every node starts"));
+            }
+            stores[0].health().await.unwrap();
+            drop(stores);
+            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            let driver = tokio::spawn(connection);
+            let applied: i64 = client
+                .query_one("SELECT COUNT(*) FROM schema_migrations", &[])
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(applied, 3, "each migration applied once");
+            client
+                .execute(
+                    "INSERT INTO schema_migrations (version, applied) VALUES (999, 0)",
+                    &[],
+                )
+                .await
+                .unwrap();
+            drop(client);
+            let _ = driver.await;
+            let err = PgStore::connect(&url, LedgerConfig::default())
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("newer than this binary"), "{err}");
+            let err = PgStore::connect(
+                "postgres://postgres@127.0.0.1:1/test",
+                LedgerConfig::default(),
+            )
+            .await
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.contains("cannot connect to PostgreSQL at postgres@127.0.0.1:1/test"),
+                "{err}"
+            );
+        }
+    })
+    .await;
+    PgStore::drop_schema(&base, &schema).await.unwrap();
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+    report("conformance postgres_start: passed on postgres");
+}

@@ -215,6 +215,11 @@ fn every_operation_is_complete() {
                 if status.starts_with('2') {
                     continue;
                 }
+                let shared = response["$ref"]
+                    .as_str()
+                    .and_then(|r| r.strip_prefix("#/components/responses/"))
+                    .unwrap_or_else(|| panic!("{what} {status}: not a shared error response"));
+                let response = &doc["components"]["responses"][shared];
                 assert_eq!(
                     response["content"]["application/json"]["schema"]["$ref"],
                     "#/components/schemas/Error",

@@ -92,8 +92,14 @@ enum LogFormat {
 
 /// Logs to stderr, filtered by `SCRIP_LOG` (else `default_filter`).
 fn init_logging(format: LogFormat, default_filter: &str) {
-    let filter =
+    let mut filter =
         EnvFilter::try_from_env("SCRIP_LOG").unwrap_or_else(|_| EnvFilter::new(default_filter));
+    // The PostgreSQL driver logs every statement's parameters at debug
+    // level, and a parameter can be anything a client sent (a card number
+    // typed as an id): never below info, whatever SCRIP_LOG says.
+    if let Ok(quiet) = "tokio_postgres=info".parse() {
+        filter = filter.add_directive(quiet);
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

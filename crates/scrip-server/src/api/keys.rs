@@ -3,29 +3,36 @@
 use axum::extract::State;
 use axum::response::Response;
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::admin::Empty;
 use super::error::ApiError;
 use super::extract::{Caller, JsonBody};
+use super::openapi::{ReadErrors, WriteErrors};
 use super::{ok_json, require_admin, AppState};
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = DataKey)]
 struct DataKeyView {
     id: String,
     purpose: String,
     master_key: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = MasterKeys)]
 struct KeysView {
+    #[schema(example = "keys")]
     object: &'static str,
     active_master_key: String,
     master_keys: Vec<String>,
     data_keys: Vec<DataKeyView>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = KeyRotation)]
 struct RotationView {
+    #[schema(example = "key_rotation")]
     object: &'static str,
     active_master_key: String,
     rewrapped_data_keys: usize,
@@ -39,6 +46,8 @@ fn key_error(e: crate::keys::KeyError) -> ApiError {
 
 /// Which master keys exist and which one wraps each data key. Ids only:
 /// no key material ever leaves the vault.
+#[utoipa::path(get, path = "/v1/keys", tag = "keys",
+    responses((status = 200, description = "Master key ids, the active one, and which wraps each data key.", body = KeysView), ReadErrors))]
 pub async fn get_keys(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -62,6 +71,9 @@ pub async fn get_keys(
 
 /// Makes a new master key active, re-wraps every data key under it while
 /// the server keeps serving, and retires master keys nothing uses.
+#[utoipa::path(post, path = "/v1/keys/rotate", tag = "keys",
+    request_body = Option<Empty>,
+    responses((status = 200, description = "The rotation: the new active master key, data keys re-wrapped, versions retired.", body = RotationView), WriteErrors))]
 pub async fn rotate(
     State(state): State<AppState>,
     Caller(caller): Caller,

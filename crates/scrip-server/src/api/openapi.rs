@@ -17,13 +17,15 @@ use scrip_core::money::Currency;
 use scrip_core::period::Period;
 use scrip_core::token::{Status, Usage};
 use utoipa::openapi::header::HeaderBuilder;
-use utoipa::openapi::schema::{Array, ArrayBuilder, Object, ObjectBuilder, Type};
+use utoipa::openapi::schema::{
+    Array, ArrayBuilder, Object, ObjectBuilder, Schema, SchemaType, Type,
+};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, Required, ResponseBuilder};
 use utoipa::{IntoParams, IntoResponses, Modify, OpenApi, ToSchema};
 
 use super::error::ApiError;
-use super::{admin, charges, events, idempotency, ledger, metrics, tokens, vault};
+use super::{admin, charges, events, idempotency, keys, ledger, metrics, tokens, vault};
 use crate::store::model::ChargeStatus;
 
 /// The whole API. `ApiDoc::openapi()` builds the document.
@@ -92,9 +94,11 @@ an `Idempotency-Key` header. Every non-2xx response has the body \
         events::list_deliveries,
         events::list_audit,
         events::verify_audit,
+        keys::get_keys,
+        keys::rotate,
     ),
     components(schemas(super::error::Body, super::error::Inner, HealthDoc)),
-    modifiers(&BearerAuth),
+    modifiers(&Finish),
     security(("bearer" = [])),
     tags(
         (name = "customers", description = "The people whose cards are vaulted (admin)."),
@@ -110,16 +114,20 @@ an `Idempotency-Key` header. Every non-2xx response has the body \
         (name = "events", description = "Events about each party's own objects."),
         (name = "webhook_endpoints", description = "Signed, retried webhook deliveries (orchestrator or provider)."),
         (name = "audit", description = "The hash-chained audit log (admin)."),
+        (name = "keys", description = "Master key versions and online rotation (admin)."),
         (name = "test_helpers", description = "Only when the server runs with `--test-clock`."),
         (name = "operations", description = "Health, metrics and this document (no authentication)."),
     )
 )]
 pub struct ApiDoc;
 
-/// Adds the bearer security scheme that the document's `security` names.
-struct BearerAuth;
+/// Completes the generated document: the bearer security scheme that
+/// `security` names, the shared error responses the operations refer to,
+/// and optional request bodies stated as optional rather than nullable (an
+/// absent body is `{}`; a JSON `null` is not accepted).
+struct Finish;
 
-impl Modify for BearerAuth {
+impl Modify for Finish {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let scheme = HttpBuilder::new()
             .scheme(HttpAuthScheme::Bearer)
@@ -128,10 +136,47 @@ impl Modify for BearerAuth {
                  (`scrip_pt_…`), as `Authorization: Bearer <secret>`.",
             ))
             .build();
-        openapi
-            .components
-            .get_or_insert_with(Default::default)
-            .add_security_scheme("bearer", SecurityScheme::Http(scheme));
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("bearer", SecurityScheme::Http(scheme));
+        for status in ERROR_STATUSES {
+            components
+                .responses
+                .insert(error_name(status).to_owned(), error_response(status).into());
+        }
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for body in operations
+                .into_iter()
+                .flatten()
+                .filter_map(|op| op.request_body.as_mut())
+            {
+                for content in body.content.values_mut() {
+                    if let Some(schema) = content.schema.as_ref().and_then(without_null) {
+                        content.schema = Some(schema);
+                        body.required = Some(Required::False);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `T` for a generated `oneOf: [null, T]`.
+fn without_null(schema: &RefOr<Schema>) -> Option<RefOr<Schema>> {
+    let RefOr::T(Schema::OneOf(one_of)) = schema else {
+        return None;
+    };
+    let is_null = |s: &&RefOr<Schema>| matches!(s, RefOr::T(Schema::Object(o)) if o.schema_type == SchemaType::Type(Type::Null));
+    let rest: Vec<&RefOr<Schema>> = one_of.items.iter().filter(|s| !is_null(s)).collect();
+    match rest.as_slice() {
+        [only] if one_of.items.len() == 2 => Some((*only).clone()),
+        _ => None,
     }
 }
 
@@ -161,7 +206,26 @@ pub async fn serve() -> Response {
 
 // --- shared responses ---------------------------------------------------------
 
-fn error_response(status: u16) -> (String, RefOr<utoipa::openapi::Response>) {
+/// Every error status an operation can answer with, in the one error shape.
+const ERROR_STATUSES: [u16; 10] = [400, 401, 402, 403, 404, 409, 413, 429, 500, 503];
+
+/// The name of the shared response (`#/components/responses/…`) of a status.
+fn error_name(status: u16) -> &'static str {
+    match status {
+        400 => "BadRequest",
+        401 => "Unauthorized",
+        402 => "PaymentRequired",
+        403 => "Forbidden",
+        404 => "NotFound",
+        409 => "Conflict",
+        413 => "PayloadTooLarge",
+        429 => "TooManyRequests",
+        500 => "InternalError",
+        _ => "ServiceUnavailable",
+    }
+}
+
+fn error_response(status: u16) -> utoipa::openapi::Response {
     let description = match status {
         400 => "invalid_request_error: malformed JSON, or a missing, unknown or invalid parameter.",
         401 => "authentication_error / secret_invalid: no secret, or an unknown one.",
@@ -189,11 +253,18 @@ fn error_response(status: u16) -> (String, RefOr<utoipa::openapi::Response>) {
                 .build(),
         );
     }
-    (status.to_string(), response.build().into())
+    response.build()
 }
 
+/// References to the shared error responses of `statuses`.
 fn error_responses(statuses: &[u16]) -> BTreeMap<String, RefOr<utoipa::openapi::Response>> {
-    statuses.iter().map(|s| error_response(*s)).collect()
+    statuses
+        .iter()
+        .map(|s| {
+            let location = format!("#/components/responses/{}", error_name(*s));
+            (s.to_string(), RefOr::Ref(Ref::new(location)))
+        })
+        .collect()
 }
 
 /// The errors of an endpoint without authentication.
@@ -249,7 +320,7 @@ pub struct PaymentErrors;
 
 impl IntoResponses for PaymentErrors {
     fn responses() -> BTreeMap<String, RefOr<utoipa::openapi::Response>> {
-        error_responses(&[400, 401, 402, 403, 404, 409, 413, 429, 500, 503])
+        error_responses(&ERROR_STATUSES)
     }
 }
 

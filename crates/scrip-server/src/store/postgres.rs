@@ -24,7 +24,7 @@ use async_trait::async_trait;
 use deadpool_postgres::{
     ClientWrapper, Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
 };
-use futures_util::future::{try_join, try_join3};
+use futures_util::future::{try_join, try_join3, try_join4};
 use scrip_core::limits;
 use scrip_core::money::{CapAmount, Currency};
 use scrip_core::period::Period;
@@ -230,6 +230,15 @@ impl Fail {
     fn into_store(self) -> StoreError {
         match self {
             Fail::Store(e) => e,
+            // PostgreSQL text cannot hold NUL (SQLite's can): a value
+            // with one is refused as invalid rather than failing as a 500.
+            Fail::Pg(e) if e.code() == Some(&SqlState::CHARACTER_NOT_IN_REPERTOIRE) => {
+                StoreError::Invalid {
+                    code: "parameter_invalid",
+                    param: "text",
+                    message: "Text values cannot contain the NUL character (\\u0000).".into(),
+                }
+            }
             Fail::Pg(e) => StoreError::Database(describe_pg_error(&e)),
         }
     }
@@ -308,8 +317,11 @@ pub(super) struct Tx {
     identity: (String, Option<String>),
     ledger: LedgerConfig,
     audit: Mutex<Vec<PendingAudit>>,
-    balances: Mutex<BTreeMap<(String, &'static str), (i64, i64)>>,
+    balances: Mutex<Balances>,
 }
+
+/// Queued balance changes: (account, currency) → (posted, pending).
+type Balances = BTreeMap<(String, &'static str), (i64, i64)>;
 
 impl Drop for Tx {
     fn drop(&mut self) {
@@ -554,10 +566,8 @@ fn chain_records(
     pending: Vec<PendingAudit>,
 ) -> PgResult<Vec<AuditRecord>> {
     let mut prev = <[u8; 32]>::try_from(head_hash).map_err(|_| bad_row("audit chain head"))?;
-    let mut seq = head_seq;
     let mut records = Vec::with_capacity(pending.len());
-    for p in pending {
-        seq += 1;
+    for (seq, p) in (head_seq + 1..).zip(pending) {
         let mut record = AuditRecord {
             seq,
             id: new_id("ae"),
@@ -578,10 +588,7 @@ fn chain_records(
     Ok(records)
 }
 
-async fn upsert_balances(
-    tx: &Tx,
-    queued: BTreeMap<(String, &'static str), (i64, i64)>,
-) -> PgResult<()> {
+async fn upsert_balances(tx: &Tx, queued: Balances) -> PgResult<()> {
     if queued.is_empty() {
         return Ok(());
     }
@@ -1246,6 +1253,11 @@ async fn page<T>(
     } = list;
     let alias = table.split_whitespace().nth(1).unwrap_or(table);
     if let Some(cursor) = &page.starting_after {
+        // No stored id holds a NUL (PostgreSQL text cannot): not found, as
+        // in the SQLite backend.
+        if cursor.contains('\0') {
+            return Err(not_found(resource, cursor).into());
+        }
         let mut where_all = conditions.clone();
         where_all.push(format!("{alias}.id = ${}", args.len() + 1));
         let sql = format!(
@@ -1456,6 +1468,18 @@ async fn adjust_spend(
     pending_delta: i64,
 ) -> PgResult<Vec<Spend>> {
     let chain = chain_periods(tx, token_id).await?;
+    apply_spend(tx, &chain, charged_at, captured_delta, pending_delta).await
+}
+
+/// [`adjust_spend`] over a chain whose periods are known: (id, period,
+/// created), child first.
+async fn apply_spend(
+    tx: &Tx,
+    chain: &[(String, Period, i64)],
+    charged_at: UnixSecs,
+    captured_delta: i64,
+    pending_delta: i64,
+) -> PgResult<Vec<Spend>> {
     let ids: Vec<&str> = chain.iter().map(|(id, _, _)| id.as_str()).collect();
     let starts: Vec<i64> = chain
         .iter()
@@ -2703,20 +2727,26 @@ impl Store for PgStore {
                 let Some((token_row, brand, last4)) = chain.first() else {
                     return Err(not_found("payment_token", &new.token_id).into());
                 };
-                let expired = tx
-                    .query(
-                        &format!(
-                            "SELECT {CHARGE_COLS} FROM charges
-                             WHERE token_id = $1 AND status = 'requires_capture' AND capture_before <= $2
-                             ORDER BY seq FOR UPDATE"
-                        ),
-                        &[&new.token_id, &now],
-                    )
-                    .await?;
-                for mut charge in rows(expired, charge_row)? {
-                    release_hold(tx, &mut charge, now).await?;
-                }
-                let links = links(tx, &chain, now).await?;
+                let expired_sql = format!(
+                    "SELECT {CHARGE_COLS} FROM charges
+                     WHERE token_id = $1 AND status = 'requires_capture' AND capture_before <= $2
+                     ORDER BY seq FOR UPDATE"
+                );
+                // Pipelined: the spends read stands unless a hold expired.
+                let (expired, read) = try_join(
+                    tx.query(&expired_sql, &[&new.token_id, &now]),
+                    links(tx, &chain, now),
+                )
+                .await?;
+                let expired = rows(expired, charge_row)?;
+                let links = if expired.is_empty() {
+                    read
+                } else {
+                    for mut charge in expired {
+                        release_hold(tx, &mut charge, now).await?;
+                    }
+                    links(tx, &chain, now).await?
+                };
                 token::authorize(
                     &links,
                     &ChargeRequest {
@@ -2779,13 +2809,17 @@ impl Store for PgStore {
                     }
                 };
                 tx.audit_ok("charge.created", &charge.id, now);
-                let ((), spent, ()) = try_join3(
+                let periods: Vec<(String, Period, i64)> = chain
+                    .iter()
+                    .map(|(r, _, _)| (r.token.id.clone(), r.token.period, r.token.created))
+                    .collect();
+                let ((), spent, (), ()) = try_join4(
                     insert_charge(tx, &charge),
-                    adjust_spend(tx, &charge.token_id, now, captured, pending),
+                    apply_spend(tx, &periods, now, captured, pending),
                     post,
+                    emit_charge(tx, "charge.succeeded", &charge, now),
                 )
                 .await?;
-                emit_charge(tx, "charge.succeeded", &charge, now).await?;
                 if token_row.token.usage == Usage::SingleUse {
                     let changed = tx
                         .execute(

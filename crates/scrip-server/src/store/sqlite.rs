@@ -157,6 +157,46 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
+/// Resolved secrets, so that authentication costs no database read. Safe
+/// because this process is the store's only writer: every change to a
+/// secret goes through [`SqliteStore`], which forgets the owner's entries
+/// after it commits, and bumps a generation so that a lookup that read the
+/// old state cannot put it back.
+#[derive(Default)]
+struct AuthCache {
+    entries: Mutex<std::collections::HashMap<[u8; 32], Principal>>,
+    generation: AtomicU64,
+}
+
+/// Entries before the cache starts over (bounded memory).
+const AUTH_CACHE_ENTRIES_MAX: usize = 100_000;
+
+impl AuthCache {
+    fn get(&self, hash: &SecretHash) -> Option<Principal> {
+        self.entries.lock().ok()?.get(&hash.0).cloned()
+    }
+
+    fn insert(&self, hash: SecretHash, principal: Principal, generation: u64) {
+        if let Ok(mut entries) = self.entries.lock() {
+            if self.generation.load(Ordering::Acquire) != generation {
+                return;
+            }
+            if entries.len() >= AUTH_CACHE_ENTRIES_MAX {
+                entries.clear();
+            }
+            entries.insert(hash.0, principal);
+        }
+    }
+
+    /// Forgets every secret of `owner` (a credential or provider id).
+    fn forget(&self, owner: &str) {
+        if let Ok(mut entries) = self.entries.lock() {
+            self.generation.fetch_add(1, Ordering::AcqRel);
+            entries.retain(|_, p| p.actor_id() != owner);
+        }
+    }
+}
+
 /// How long a claimed delivery is reserved for the dispatcher that claimed
 /// it (longer than one attempt's timeout).
 const DELIVERY_LEASE_SECS: i64 = 60;
@@ -169,6 +209,7 @@ type Job = Box<dyn FnOnce(&Connection) -> Box<dyn FnOnce(bool) + Send> + Send>;
 pub struct SqliteStore {
     path: PathBuf,
     ledger: LedgerConfig,
+    auth: AuthCache,
     stats: Arc<WriterStats>,
     jobs: SyncSender<Job>,
     readers: Arc<Mutex<Vec<Connection>>>,
@@ -215,6 +256,7 @@ impl SqliteStore {
             .map_err(|e| StoreError::Database(format!("cannot start the writer thread: {e}")))?;
         Ok(SqliteStore {
             path: path.to_owned(),
+            auth: AuthCache::default(),
             ledger,
             stats,
             jobs,
@@ -262,6 +304,50 @@ impl SqliteStore {
         answer
             .await
             .map_err(|_| StoreError::Database("the writer dropped the operation".into()))?
+    }
+
+    /// Looks a secret up in the database.
+    async fn resolve_secret_uncached(&self, hash: SecretHash) -> StoreResult<Option<Principal>> {
+        self.read(move |conn| {
+            let found: Option<(Vec<u8>, String, String)> = conn
+                .prepare_cached("SELECT hash, role, object_id FROM api_secrets WHERE hash = ?1")?
+                .query_row([&hash.0[..]], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()?;
+            let Some((stored, role, object_id)) = found else {
+                return Ok(None);
+            };
+            // The index found it; compare again in constant time so the
+            // decision never depends on a variable-time comparison.
+            let stored = <[u8; 32]>::try_from(stored.as_slice()).map(SecretHash).ok();
+            if !stored.is_some_and(|s| s.ct_eq(&hash)) {
+                return Ok(None);
+            }
+            Ok(match role.as_str() {
+                "orchestrator" => {
+                    let row: Option<(String, bool)> = conn
+                        .prepare_cached(
+                            "SELECT customer_id, active FROM credentials WHERE id = ?1",
+                        )?
+                        .query_row([&object_id], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .optional()?;
+                    match row {
+                        Some((customer_id, true)) => Some(Principal::Orchestrator {
+                            credential_id: object_id,
+                            customer_id,
+                        }),
+                        _ => None,
+                    }
+                }
+                "provider" => Some(Principal::Provider {
+                    provider_id: object_id,
+                }),
+                "token" => Some(Principal::Token {
+                    token_id: object_id,
+                }),
+                _ => None,
+            })
+        })
+        .await
     }
 
     /// Runs `op` on a read connection in one read transaction (a consistent
@@ -1065,46 +1151,15 @@ impl Store for SqliteStore {
     }
 
     async fn resolve_secret(&self, hash: SecretHash) -> StoreResult<Option<Principal>> {
-        self.read(move |conn| {
-            let found: Option<(Vec<u8>, String, String)> = conn
-                .prepare_cached("SELECT hash, role, object_id FROM api_secrets WHERE hash = ?1")?
-                .query_row([&hash.0[..]], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                .optional()?;
-            let Some((stored, role, object_id)) = found else {
-                return Ok(None);
-            };
-            // The index found it; compare again in constant time so the
-            // decision never depends on a variable-time comparison.
-            let stored = <[u8; 32]>::try_from(stored.as_slice()).map(SecretHash).ok();
-            if !stored.is_some_and(|s| s.ct_eq(&hash)) {
-                return Ok(None);
-            }
-            Ok(match role.as_str() {
-                "orchestrator" => {
-                    let row: Option<(String, bool)> = conn
-                        .prepare_cached(
-                            "SELECT customer_id, active FROM credentials WHERE id = ?1",
-                        )?
-                        .query_row([&object_id], |r| Ok((r.get(0)?, r.get(1)?)))
-                        .optional()?;
-                    match row {
-                        Some((customer_id, true)) => Some(Principal::Orchestrator {
-                            credential_id: object_id,
-                            customer_id,
-                        }),
-                        _ => None,
-                    }
-                }
-                "provider" => Some(Principal::Provider {
-                    provider_id: object_id,
-                }),
-                "token" => Some(Principal::Token {
-                    token_id: object_id,
-                }),
-                _ => None,
-            })
-        })
-        .await
+        if let Some(p) = self.auth.get(&hash) {
+            return Ok(Some(p));
+        }
+        let generation = self.auth.generation.load(Ordering::Acquire);
+        let found = self.resolve_secret_uncached(hash).await?;
+        if let Some(p) = &found {
+            self.auth.insert(hash, p.clone(), generation);
+        }
+        Ok(found)
     }
 
     async fn idempotent_response(
@@ -1276,7 +1331,8 @@ impl Store for SqliteStore {
         idem: Option<IdemWrite<Credential>>,
     ) -> StoreResult<Credential> {
         let id = id.to_owned();
-        self.write(
+        let owner = id.clone();
+        let result = self.write(
             move |conn| {
                 // One row, whatever number of tokens hang under it: every
                 // token's standing reads its credential's `active`.
@@ -1308,7 +1364,10 @@ impl Store for SqliteStore {
             },
             idem,
         )
-        .await
+        .await;
+        // After the commit: the old secret stops working at once.
+        self.auth.forget(&owner);
+        result
     }
 
     async fn create_provider(
@@ -1372,34 +1431,39 @@ impl Store for SqliteStore {
         idem: Option<IdemWrite<Provider>>,
     ) -> StoreResult<Provider> {
         let id = id.to_owned();
-        self.write(
-            move |conn| {
-                let provider = conn
-                    .prepare_cached(&format!(
-                        "SELECT {PROVIDER_COLS} FROM providers WHERE id = ?1"
-                    ))?
-                    .query_row([&id], provider_row)
-                    .optional()?
-                    .ok_or_else(|| not_found("provider", &id))?;
-                conn.prepare_cached(
-                    "DELETE FROM api_secrets WHERE object_id = ?1 AND role = 'provider'",
-                )?
-                .execute([&id])?;
-                conn.prepare_cached(
+        let owner = id.clone();
+        let result = self
+            .write(
+                move |conn| {
+                    let provider = conn
+                        .prepare_cached(&format!(
+                            "SELECT {PROVIDER_COLS} FROM providers WHERE id = ?1"
+                        ))?
+                        .query_row([&id], provider_row)
+                        .optional()?
+                        .ok_or_else(|| not_found("provider", &id))?;
+                    conn.prepare_cached(
+                        "DELETE FROM api_secrets WHERE object_id = ?1 AND role = 'provider'",
+                    )?
+                    .execute([&id])?;
+                    conn.prepare_cached(
                     "INSERT INTO api_secrets (hash, role, object_id) VALUES (?1, 'provider', ?2)",
                 )?
                 .execute(params![&secret.0[..], id])?;
-                outbox::audit_ok(
-                    conn,
-                    "provider.secret_rolled",
-                    &provider.id,
-                    crate::clock::system_now(),
-                )?;
-                Ok(provider)
-            },
-            idem,
-        )
-        .await
+                    outbox::audit_ok(
+                        conn,
+                        "provider.secret_rolled",
+                        &provider.id,
+                        crate::clock::system_now(),
+                    )?;
+                    Ok(provider)
+                },
+                idem,
+            )
+            .await;
+        // After the commit: the old secret stops working at once.
+        self.auth.forget(&owner);
+        result
     }
 
     async fn create_payment_method(

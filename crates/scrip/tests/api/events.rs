@@ -448,27 +448,27 @@ async fn the_audit_log_is_a_verifiable_chain_that_detects_tampering() {
 
     // Alter one record in the database: the chain breaks right there.
     let seq = refused["seq"].as_i64().unwrap();
-    let conn = rusqlite::Connection::open(w.app.dir.path().join("scrip.db")).unwrap();
-    conn.execute(
-        "UPDATE audit_events SET outcome = 'succeeded' WHERE seq = ?1",
-        [seq],
-    )
-    .unwrap();
+    w.app
+        .execute_sql(&format!(
+            "UPDATE audit_events SET outcome = 'succeeded' WHERE seq = {seq}"
+        ))
+        .await;
     let v = w.app.get("/v1/audit_events/verify", ADMIN).await.ok();
     assert_eq!(v["valid"], false);
     assert_eq!(v["first_broken_seq"], seq);
     // Restoring it and deleting an earlier one is caught too.
-    conn.execute(
-        "UPDATE audit_events SET outcome = 'refused' WHERE seq = ?1",
-        [seq],
-    )
-    .unwrap();
+    w.app
+        .execute_sql(&format!(
+            "UPDATE audit_events SET outcome = 'refused' WHERE seq = {seq}"
+        ))
+        .await;
     assert_eq!(
         w.app.get("/v1/audit_events/verify", ADMIN).await.ok()["valid"],
         true
     );
-    conn.execute("DELETE FROM audit_events WHERE seq = 2", [])
-        .unwrap();
+    w.app
+        .execute_sql("DELETE FROM audit_events WHERE seq = 2")
+        .await;
     let v = w.app.get("/v1/audit_events/verify", ADMIN).await.ok();
     assert_eq!(v["valid"], false);
     assert_eq!(v["first_broken_seq"], 3);

@@ -1,7 +1,9 @@
 //! `TestApp`: a real server on a fresh data directory, with typed request
-//! helpers and fixtures for each role.
+//! helpers and fixtures for each role. With `SCRIP_TEST_BACKEND=postgres`
+//! (and `SCRIP_TEST_POSTGRES_URL`), every server stores its data in a
+//! fresh PostgreSQL schema instead of the SQLite file.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use reqwest::Method;
 use scrip_server::server::{self, Config, Running};
@@ -16,6 +18,181 @@ pub struct TestApp {
     pub client: scrip_client::Client,
     running: Option<Running>,
     pub dir: TempDir,
+    /// The PostgreSQL schema this server uses, dropped with the app.
+    schema: SchemaGuard,
+}
+
+// --- the backend under test ---------------------------------------------------------
+
+/// The PostgreSQL server for tests (`SCRIP_TEST_POSTGRES_URL`), if any.
+pub fn postgres_base() -> Option<String> {
+    std::env::var("SCRIP_TEST_POSTGRES_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+}
+
+/// Whether the HTTP tests run against PostgreSQL
+/// (`SCRIP_TEST_BACKEND=postgres`); that needs `SCRIP_TEST_POSTGRES_URL`.
+pub fn postgres_mode() -> Option<String> {
+    match std::env::var("SCRIP_TEST_BACKEND").as_deref() {
+        Ok("postgres") => Some(
+            postgres_base().expect("SCRIP_TEST_BACKEND=postgres needs SCRIP_TEST_POSTGRES_URL"),
+        ),
+        Ok("sqlite") | Ok("") | Err(_) => None,
+        Ok(other) => panic!("SCRIP_TEST_BACKEND must be sqlite or postgres, not {other}"),
+    }
+}
+
+/// The file in a data directory that names its PostgreSQL schema.
+const SCHEMA_FILE: &str = "test-postgres-schema";
+
+/// Creates a fresh schema on `base` and returns its name.
+pub async fn fresh_schema(base: &str) -> String {
+    let schema = format!("scrip_test_{}", hex_id());
+    scrip_server::store::postgres::PgStore::create_schema(base, &schema)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at SCRIP_TEST_POSTGRES_URL is not usable: {e}"));
+    schema
+}
+
+fn hex_id() -> String {
+    use rand::Rng;
+    let bytes: [u8; 6] = rand::thread_rng().gen();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// In PostgreSQL mode, the database URL of `data_dir`'s schema (created
+/// on first use and named in a file there, so a restart on the same data
+/// directory finds the same data), and the schema's name.
+pub async fn database_url_for(data_dir: &Path) -> Option<(String, String)> {
+    let base = postgres_mode()?;
+    std::fs::create_dir_all(data_dir).expect("data dir");
+    let file = data_dir.join(SCHEMA_FILE);
+    let schema = match std::fs::read_to_string(&file) {
+        Ok(name) => name.trim().to_owned(),
+        Err(_) => {
+            let name = fresh_schema(&base).await;
+            std::fs::write(&file, &name).expect("schema file");
+            name
+        }
+    };
+    Some((
+        scrip_server::store::postgres::url_with_search_path(&base, &schema),
+        schema,
+    ))
+}
+
+/// Drops a test schema when dropped, unless disarmed (its data directory
+/// lives on in another server).
+#[derive(Default)]
+struct SchemaGuard(Option<String>);
+
+impl SchemaGuard {
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for SchemaGuard {
+    fn drop(&mut self) {
+        if let (Some(schema), Some(base)) = (self.0.take(), postgres_base()) {
+            drop_schema_now(base, schema);
+        }
+    }
+}
+
+/// Drops a schema from synchronous code (inside or outside a runtime).
+pub fn drop_schema_now(base: String, schema: String) {
+    let _ = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let _ = scrip_server::store::postgres::PgStore::drop_schema(&base, &schema).await;
+        });
+    })
+    .join();
+}
+
+/// Runs SQL against the active backend of the data directory `dir`: the
+/// SQLite file, or the directory's PostgreSQL schema (for tests that
+/// tamper with stored data).
+pub async fn execute_sql(dir: &Path, sql: &str) {
+    match database_url_for(dir).await {
+        None => {
+            let conn = rusqlite::Connection::open(dir.join("scrip.db")).expect("open sqlite");
+            conn.execute_batch(sql).expect("sql runs");
+        }
+        Some((url, _)) => {
+            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .expect("connect to postgres");
+            let driver = tokio::spawn(connection);
+            client.batch_execute(sql).await.expect("sql runs");
+            drop(client);
+            let _ = driver.await;
+        }
+    }
+}
+
+/// Everything stored for data directory `dir`, as (name, bytes): its files
+/// and, in PostgreSQL mode, every column of every table of its schema
+/// (byte columns raw, the rest as text), one entry per table named
+/// `postgres:<table>`.
+pub async fn stored_bytes(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = all_bytes_under(dir);
+    if let Some((url, schema)) = database_url_for(dir).await {
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .expect("connect to postgres");
+        let driver = tokio::spawn(connection);
+        let columns = client
+            .query(
+                "SELECT table_name::text, column_name::text, data_type::text
+                 FROM information_schema.columns WHERE table_schema = $1
+                 ORDER BY table_name, ordinal_position",
+                &[&schema],
+            )
+            .await
+            .expect("columns");
+        let mut tables: std::collections::BTreeMap<String, Vec<u8>> = Default::default();
+        for c in &columns {
+            let (table, column, kind): (String, String, String) = (c.get(0), c.get(1), c.get(2));
+            let sql = if kind == "bytea" {
+                format!("SELECT \"{column}\" FROM \"{table}\"")
+            } else {
+                format!("SELECT \"{column}\"::text FROM \"{table}\"")
+            };
+            let bytes = tables.entry(table).or_default();
+            for r in client.query(&sql, &[]).await.expect("dump") {
+                if kind == "bytea" {
+                    bytes.extend(r.get::<_, Option<Vec<u8>>>(0).unwrap_or_default());
+                } else {
+                    bytes.extend(
+                        r.get::<_, Option<String>>(0)
+                            .unwrap_or_default()
+                            .into_bytes(),
+                    );
+                }
+                bytes.push(b'\n');
+            }
+        }
+        drop(client);
+        let _ = driver.await;
+        out.extend(
+            tables
+                .into_iter()
+                .map(|(t, b)| (PathBuf::from(format!("postgres:{t}")), b)),
+        );
+    }
+    out
+}
+
+/// Whether a stored entry is the database (the SQLite file or a table).
+pub fn is_database(path: &Path) -> bool {
+    let name = path.to_string_lossy();
+    name.contains("scrip.db") || name.starts_with("postgres:")
 }
 
 #[derive(Debug)]
@@ -70,31 +247,22 @@ impl TestApp {
     }
 
     pub async fn spawn_in(dir: TempDir) -> TestApp {
-        let running = server::start(Config {
-            listen: "127.0.0.1:0".parse().expect("addr"),
-            data_dir: dir.path().to_owned(),
-            test_clock: true,
-            admin_key: Some(ADMIN.to_owned()),
-            master_key: None,
-            ..Default::default()
-        })
-        .await
-        .expect("server starts");
-        let url = format!("http://{}", running.addr);
-        TestApp {
-            client: scrip_client::Client::new(url.clone()),
-            url,
-            running: Some(running),
-            dir,
-        }
+        TestApp::spawn_with(dir, |c| c.master_key = None).await
     }
 
-    /// Stops the server gracefully and hands back its data directory.
+    /// Stops the server gracefully and hands back its data directory (and
+    /// with it, in PostgreSQL mode, its schema).
     pub async fn stop(mut self) -> TempDir {
         if let Some(r) = self.running.take() {
             r.shutdown().await.expect("clean shutdown");
         }
+        self.schema.disarm();
         self.dir
+    }
+
+    /// Runs SQL against this server's database (to tamper with it).
+    pub async fn execute_sql(&self, sql: &str) {
+        execute_sql(self.dir.path(), sql).await
     }
 
     pub async fn send(
@@ -324,6 +492,20 @@ impl Proc {
         admin_key: Option<&str>,
         log: &std::path::Path,
     ) -> Proc {
+        let database_url = database_url_for(data_dir).await.map(|(url, _)| url);
+        Proc::spawn_with(data_dir, admin_key, log, database_url.as_deref(), None).await
+    }
+
+    /// Like [`Proc::spawn`], with an explicit database URL (`None`: the
+    /// SQLite file in `data_dir`) and master key (`None`: `master.key` in
+    /// `data_dir`).
+    pub async fn spawn_with(
+        data_dir: &std::path::Path,
+        admin_key: Option<&str>,
+        log: &std::path::Path,
+        database_url: Option<&str>,
+        master_key: Option<&str>,
+    ) -> Proc {
         use tokio::io::AsyncBufReadExt;
         let log_file = std::fs::OpenOptions::new()
             .create(true)
@@ -345,6 +527,13 @@ impl Proc {
             .kill_on_drop(true);
         if let Some(k) = admin_key {
             cmd.env("SCRIP_ADMIN_KEY", k);
+        }
+        cmd.env_remove("SCRIP_DATABASE_URL");
+        if let Some(url) = database_url {
+            cmd.arg("--database-url").arg(url);
+        }
+        if let Some(k) = master_key {
+            cmd.env("SCRIP_MASTER_KEY", k);
         }
         let mut child = cmd.spawn().expect("spawn scrip");
         let stdout = child.stdout.take().expect("stdout");
@@ -496,11 +685,13 @@ impl Receiver {
 impl TestApp {
     /// A server whose configuration `tweak` adjusts.
     pub async fn spawn_with(dir: TempDir, tweak: impl FnOnce(&mut Config)) -> TestApp {
+        let database = database_url_for(dir.path()).await;
         let mut config = Config {
             listen: "127.0.0.1:0".parse().expect("addr"),
             data_dir: dir.path().to_owned(),
             test_clock: true,
             admin_key: Some(ADMIN.to_owned()),
+            database_url: database.as_ref().map(|(url, _)| url.clone()),
             ..Default::default()
         };
         tweak(&mut config);
@@ -511,6 +702,7 @@ impl TestApp {
             url,
             running: Some(running),
             dir,
+            schema: SchemaGuard(database.map(|(_, schema)| schema)),
         }
     }
 }

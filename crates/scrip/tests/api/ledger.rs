@@ -340,16 +340,12 @@ async fn tampering_with_a_balance_is_detected() {
     let (_, token) = w.token(json!({})).await;
     w.charge(&token, 1_000).await.ok();
     verify(&w.app).await;
-    let db = w.app.dir.path().join("scrip.db");
-    let conn = rusqlite::Connection::open(&db).unwrap();
-    conn.execute(
-        "UPDATE ledger_balances SET posted = posted + 1 WHERE account = 'fees'",
-        [],
-    )
-    .unwrap();
-    conn.execute("UPDATE token_spend SET captured = captured - 1", [])
-        .unwrap();
-    drop(conn);
+    w.app
+        .execute_sql("UPDATE ledger_balances SET posted = posted + 1 WHERE account = 'fees'")
+        .await;
+    w.app
+        .execute_sql("UPDATE token_spend SET captured = captured - 1")
+        .await;
     let v = w.app.get("/v1/ledger/verify", ADMIN).await.ok();
     assert_eq!(v["balanced"], false);
     assert_eq!(v["balance_mismatches"][0]["account"], "fees");

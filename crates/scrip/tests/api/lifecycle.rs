@@ -435,27 +435,14 @@ async fn health_and_metrics_answer_without_auth() {
 #[tokio::test]
 async fn the_test_clock_exists_only_in_test_mode() {
     let dir = tempfile::tempdir().unwrap();
-    let running = scrip_server::server::start(scrip_server::server::Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir.path().to_owned(),
-        test_clock: false,
-        admin_key: Some(ADMIN.to_owned()),
-        master_key: None,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let client = scrip_client::Client::new(format!("http://{}", running.addr)).with_secret(ADMIN);
-    let r = client
-        .send(
-            reqwest::Method::POST,
+    let app = TestApp::spawn_with(dir, |c| c.test_clock = false).await;
+    let r = app
+        .post(
             "/v1/test_helpers/advance_clock",
-            Some(&json!({ "seconds": 60 })),
-            None,
+            ADMIN,
+            json!({ "seconds": 60 }),
         )
-        .await
-        .unwrap();
+        .await;
     assert_eq!(r.status, 404);
     assert_eq!(r.body["error"]["code"], "resource_missing");
-    running.shutdown().await.unwrap();
 }

@@ -11,6 +11,7 @@ mod events;
 mod helpers;
 mod ledger;
 mod lifecycle;
+mod multinode;
 mod periods;
 mod secrets;
 mod security;
