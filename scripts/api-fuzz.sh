@@ -21,6 +21,7 @@ MAX_EXAMPLES=${MAX_EXAMPLES:-30}         # test cases per operation and phase
 MAX_TIME=${MAX_TIME:-75}                 # seconds of fuzzing per role
 ROLES=${ROLES:-"orchestrator provider admin"}
 SEED=${SEED:-}                           # set for a reproducible run
+CHECKS=${CHECKS:-not_a_server_error,response_schema_conformance}
 PHASES=${PHASES:-examples,coverage,fuzzing}
 SCHEMATHESIS_VERSION=${SCHEMATHESIS_VERSION:-4.32.5}
 OUT=target/api-fuzz
@@ -143,7 +144,7 @@ for role in $ROLES; do
   timeout --kill-after=10 $((MAX_TIME + 120)) \
     "$VENV/bin/st" --config-file "$CONFIG" run "$S/v1/openapi.json" --url "$S" \
       -H "Authorization: Bearer $SECRET" \
-      --checks not_a_server_error,response_schema_conformance \
+      --checks "$CHECKS" \
       --phases "$PHASES" \
       --max-examples "$MAX_EXAMPLES" --max-time "$MAX_TIME" \
       --workers 2 --request-timeout 10 --no-color \

@@ -37,7 +37,7 @@ pub struct CustomerView<'a> {
     pub created: i64,
     pub email: Option<&'a str>,
     pub name: Option<&'a str>,
-    #[schema(value_type = BTreeMap<String, String>)]
+    #[schema(schema_with = openapi::metadata)]
     pub metadata: &'a Metadata,
 }
 
@@ -89,7 +89,7 @@ pub struct ProviderView<'a> {
     pub object: &'static str,
     pub created: i64,
     pub name: &'a str,
-    #[schema(value_type = BTreeMap<String, String>)]
+    #[schema(schema_with = openapi::metadata)]
     pub metadata: &'a Metadata,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secret: Option<&'a str>,
@@ -202,7 +202,7 @@ pub struct TokenView<'a> {
     pub expires_at: i64,
     pub parent: Option<&'a str>,
     pub spend: SpendView,
-    #[schema(value_type = BTreeMap<String, String>)]
+    #[schema(schema_with = openapi::metadata)]
     pub metadata: &'a Metadata,
 }
 
@@ -320,7 +320,7 @@ pub struct ChargeView<'a> {
     pub payment_token: &'a str,
     pub provider: &'a str,
     pub description: Option<&'a str>,
-    #[schema(value_type = BTreeMap<String, String>)]
+    #[schema(schema_with = openapi::metadata)]
     pub metadata: &'a Metadata,
     pub payment_method_details: PaymentMethodDetails<'a>,
 }
@@ -367,7 +367,7 @@ pub struct RefundView<'a> {
     pub currency: &'static str,
     #[schema(example = "succeeded")]
     pub status: &'static str,
-    #[schema(value_type = BTreeMap<String, String>)]
+    #[schema(schema_with = openapi::metadata)]
     pub metadata: &'a Metadata,
 }
 

@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 use super::error::ApiError;
 use super::extract::{Caller, Id, JsonBody, ListQuery};
 use super::idempotency::run;
-use super::openapi::{IdPath, ListParams, ReadErrors, WriteErrors};
+use super::openapi::{self, IdPath, ListParams, ReadErrors, WriteErrors};
 use super::{metadata, ok_json, require_admin, text, to_json, views, AppState};
 use crate::secrets::{new_id, Secret, PREFIX_ORCHESTRATOR, PREFIX_PROVIDER};
 use crate::store::model::{Credential, Customer, Metadata, Principal, Provider};
@@ -22,7 +22,7 @@ pub struct CreateCustomer {
     email: Option<String>,
     #[schema(max_length = 200)]
     name: Option<String>,
-    #[schema(value_type = Option<BTreeMap<String, String>>)]
+    #[schema(schema_with = openapi::metadata_or_null)]
     metadata: Option<Metadata>,
 }
 
@@ -221,7 +221,7 @@ pub async fn revoke_credential(
 pub struct CreateProvider {
     #[schema(min_length = 1, max_length = 200)]
     name: String,
-    #[schema(value_type = Option<BTreeMap<String, String>>)]
+    #[schema(schema_with = openapi::metadata_or_null)]
     metadata: Option<Metadata>,
 }
 

@@ -41,7 +41,7 @@ pub struct CreateCharge {
     capture: Option<bool>,
     #[schema(max_length = 1000)]
     description: Option<String>,
-    #[schema(value_type = Option<BTreeMap<String, String>>)]
+    #[schema(schema_with = openapi::metadata_or_null)]
     metadata: Option<Metadata>,
 }
 
@@ -339,7 +339,7 @@ pub struct CreateRefund {
     charge: String,
     #[schema(minimum = 1, maximum = 99999999)]
     amount: Option<i64>,
-    #[schema(value_type = Option<BTreeMap<String, String>>)]
+    #[schema(schema_with = openapi::metadata_or_null)]
     metadata: Option<Metadata>,
 }
 

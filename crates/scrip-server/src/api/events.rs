@@ -192,11 +192,7 @@ fn enabled_events(value: Vec<String>) -> Result<Vec<String>, ApiError> {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateEndpoint {
-    #[schema(
-        min_length = 1,
-        max_length = 2048,
-        example = "https://example.com/webhooks"
-    )]
+    #[schema(schema_with = openapi::webhook_url)]
     url: String,
     #[schema(schema_with = openapi::enabled_events)]
     enabled_events: Vec<String>,
@@ -290,13 +286,9 @@ pub async fn get_endpoint(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateEndpoint {
-    #[schema(
-        min_length = 1,
-        max_length = 2048,
-        example = "https://example.com/webhooks"
-    )]
+    #[schema(schema_with = openapi::webhook_url_or_null)]
     url: Option<String>,
-    #[schema(schema_with = openapi::enabled_events)]
+    #[schema(schema_with = openapi::enabled_events_or_null)]
     enabled_events: Option<Vec<String>>,
     #[schema(max_length = 1000)]
     description: Option<String>,

@@ -158,16 +158,52 @@ pub fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<String>
     Ok(Some(key.to_owned()))
 }
 
-/// Parses JSON into `T`, naming the offending parameter on failure.
+/// Parses JSON into `T`, naming the offending parameter on failure. The
+/// body must be a JSON object (see [`object`]).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+    let Object(value): Object<T> = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         json_error(&path, &inner)
     })?;
     de.end().map_err(|e| json_error(".", &e))?;
     Ok(value)
+}
+
+/// A `T` that was sent as a JSON object.
+struct Object<T>(T);
+
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Object<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Object<T>, D::Error> {
+        object(deserializer).map(Object)
+    }
+}
+
+/// Deserializes a struct only from a JSON object. serde's derived structs
+/// also accept an array of their fields in order, which would let a request
+/// skip the field names (and `deny_unknown_fields`); use this for every
+/// body and, with `#[serde(deserialize_with = "…")]`, every nested object.
+pub fn object<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    struct ObjectVisitor<T>(std::marker::PhantomData<T>);
+
+    impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for ObjectVisitor<T> {
+        type Value = T;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+            T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+        }
+    }
+
+    deserializer.deserialize_map(ObjectVisitor(std::marker::PhantomData))
 }
 
 fn backticked(message: &str) -> Option<&str> {
@@ -356,5 +392,43 @@ impl ListQuery {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_json;
+    use crate::api::{admin, tokens};
+
+    #[test]
+    fn bodies_must_be_json_objects_not_arrays_of_fields() {
+        let e = parse_json::<admin::CreateCustomer>(br#"["ada@example.com", "Ada", {}]"#)
+            .err()
+            .expect("an array is not a body");
+        assert_eq!((e.status.as_u16(), e.code), (400, "parameter_invalid"));
+        assert_eq!(e.param.as_deref(), Some("body"));
+        assert!(e.message.contains("a JSON object"), "{}", e.message);
+        assert!(parse_json::<admin::Empty>(b"[]").is_err());
+        assert!(parse_json::<admin::Empty>(b"null").is_err());
+        assert!(parse_json::<admin::Empty>(b"{}").is_ok());
+    }
+
+    #[test]
+    fn nested_objects_must_be_json_objects_too() {
+        let body = br#"{"payment_method":"pm_1","provider":"prov_1","currency":"usd","cap":[100,"month"]}"#;
+        let e = parse_json::<tokens::CreateToken>(body)
+            .err()
+            .expect("an array is not a cap");
+        assert_eq!(e.param.as_deref(), Some("cap"));
+        let body = br#"{"payment_method":"pm_1","provider":"prov_1","currency":"usd","cap":{"amount":100,"period":"month"}}"#;
+        assert!(parse_json::<tokens::CreateToken>(body).is_ok());
+        let body = br#"{"payment_method":"pm_1","provider":"prov_1","currency":"usd","cap":{"amount":100,"period":"month","x":1}}"#;
+        let e = parse_json::<tokens::CreateToken>(body)
+            .err()
+            .expect("unknown fields are refused inside nested objects");
+        assert_eq!(
+            (e.code, e.param.as_deref()),
+            ("parameter_unknown", Some("cap.x"))
+        );
     }
 }

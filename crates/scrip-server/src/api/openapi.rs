@@ -18,7 +18,7 @@ use scrip_core::period::Period;
 use scrip_core::token::{Status, Usage};
 use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::schema::{
-    Array, ArrayBuilder, Object, ObjectBuilder, Schema, SchemaType, Type,
+    Array, ArrayBuilder, Object, ObjectBuilder, Schema, SchemaFormat, SchemaType, Type,
 };
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, Required, ResponseBuilder};
@@ -457,6 +457,84 @@ fn string_enum<I: IntoIterator<Item = &'static str>>(values: I, description: &st
         .build()
 }
 
+/// `schema` also allowing `null` (an optional body field sent as `null`
+/// means the same as leaving it out).
+fn or_null(mut schema: Object) -> Object {
+    if let SchemaType::Type(t) = schema.schema_type {
+        schema.schema_type = [t, Type::Null].into_iter().collect();
+    }
+    if let Some(values) = schema.enum_values.as_mut() {
+        values.push(serde_json::Value::Null);
+    }
+    schema
+}
+
+/// Free-form string pairs, bounded as the handlers enforce (at most 50
+/// keys of 1 to 40 characters, values of at most 500, no NUL).
+pub fn metadata() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .property_names(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1))
+                .max_length(Some(40)),
+        ))
+        .additional_properties(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .max_length(Some(500)),
+        ))
+        .max_properties(Some(50))
+        .description(Some(
+            "Your own key-value pairs: at most 50 keys of 1 to 40 characters, values of at most 500 characters, no NUL characters.",
+        ))
+        .build()
+}
+
+pub fn metadata_or_null() -> Object {
+    or_null(metadata())
+}
+
+/// A card number as typed: digits, with spaces or dashes between them.
+pub fn card_number() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some("^[0-9][0-9 -]*$"))
+        .min_length(Some(12))
+        .max_length(Some(40))
+        .description(Some(
+            "12 to 19 digits, Luhn-valid; spaces and dashes between them are ignored.",
+        ))
+        .build()
+}
+
+pub fn cvc() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some("^[0-9]{3,4}$"))
+        .description(Some("3 digits (4 for amex). Verified once, never stored."))
+        .build()
+}
+
+/// A webhook URL: absolute http or https, without credentials.
+pub fn webhook_url() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .format(Some(SchemaFormat::Custom("uri".to_owned())))
+        .pattern(Some("^https?://[^/@\\s]+"))
+        .max_length(Some(2048))
+        .examples(["https://example.com/webhooks"])
+        .description(Some(
+            "An absolute http or https URL with a host and no credentials.",
+        ))
+        .build()
+}
+
+pub fn webhook_url_or_null() -> Object {
+    or_null(webhook_url())
+}
+
 /// A supported currency: a lowercase ISO 4217 code.
 pub fn currency() -> Object {
     string_enum(
@@ -485,6 +563,10 @@ pub fn usage() -> Object {
         [Usage::MultiUse, Usage::SingleUse].map(Usage::name),
         "`multi_use`: any number of charges within the cap; `single_use`: one successful authorization.",
     )
+}
+
+pub fn usage_or_null() -> Object {
+    or_null(usage())
 }
 
 pub fn token_status() -> Object {
@@ -567,6 +649,12 @@ pub fn enabled_events() -> Array {
         .max_items(Some(scrip_core::webhook::EVENT_TYPES.len() + 1))
         .description(Some("Event types to deliver, or `[\"*\"]` for all."))
         .build()
+}
+
+pub fn enabled_events_or_null() -> Array {
+    let mut schema = enabled_events();
+    schema.schema_type = [Type::Array, Type::Null].into_iter().collect();
+    schema
 }
 
 pub fn error_type() -> Object {

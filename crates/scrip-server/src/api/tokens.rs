@@ -38,14 +38,15 @@ pub struct CreateToken {
     provider: String,
     #[schema(schema_with = openapi::currency)]
     currency: String,
+    #[serde(deserialize_with = "super::extract::object")]
     cap: CapInput,
-    #[schema(schema_with = openapi::usage)]
+    #[schema(schema_with = openapi::usage_or_null)]
     usage: Option<String>,
     #[schema(minimum = 1, maximum = 99999999)]
     max_per_charge: Option<i64>,
     #[schema(example = 1767225600)]
     expires_at: Option<i64>,
-    #[schema(value_type = Option<BTreeMap<String, String>>)]
+    #[schema(schema_with = openapi::metadata_or_null)]
     metadata: Option<Metadata>,
 }
 

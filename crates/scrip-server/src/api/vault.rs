@@ -14,7 +14,7 @@ use super::error::ApiError;
 use super::extract::{Caller, Id, JsonBody, ListQuery};
 use super::idempotency::run;
 use super::openapi::{
-    IdPath, ListParams, PaymentErrors, PaymentMethodFilters, ReadErrors, WriteErrors,
+    self, IdPath, ListParams, PaymentErrors, PaymentMethodFilters, ReadErrors, WriteErrors,
 };
 use super::{body_id, ok_json, to_json, views, AppState};
 use crate::secrets::new_id;
@@ -29,21 +29,20 @@ use crate::store::model::{NewPaymentMethod, PaymentMethod, Principal};
     description = "The card to vault. The number is stored only sealed and never shown again beyond `last4`; the CVC is verified once and never stored."
 )]
 pub struct CardInput {
-    /// 12 to 19 digits (Luhn-valid); spaces and dashes are ignored.
-    #[schema(value_type = String, min_length = 12, max_length = 40)]
+    #[schema(schema_with = openapi::card_number)]
     number: Zeroizing<String>,
     #[schema(minimum = 1, maximum = 12)]
     exp_month: i64,
     #[schema(example = 2030)]
     exp_year: i64,
-    /// 3 digits (4 for amex).
-    #[schema(value_type = String, min_length = 3, max_length = 4, example = "123")]
+    #[schema(schema_with = openapi::cvc)]
     cvc: Zeroizing<String>,
 }
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreatePaymentMethod {
+    #[serde(deserialize_with = "super::extract::object")]
     card: CardInput,
     #[schema(max_length = 64)]
     customer: Option<String>,

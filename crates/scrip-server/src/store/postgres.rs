@@ -173,6 +173,49 @@ CREATE TABLE audit_head (
     id BIGINT PRIMARY KEY CHECK (id = 1), seq BIGINT NOT NULL, hash BYTEA NOT NULL);
 INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, '\x0000000000000000000000000000000000000000000000000000000000000000');
 "#,
+    r#"
+-- One audit field as hashed: its length (8 bytes, big-endian), then it.
+CREATE FUNCTION scrip_audit_field(b BYTEA) RETURNS BYTEA LANGUAGE sql IMMUTABLE STRICT
+AS $$ SELECT int8send(octet_length(b)::bigint) || b $$;
+-- Appends records to the audit chain at the end of a transaction, on the
+-- server (no round trip while the head is locked). The hash is the one
+-- `common::audit_hash` computes: "scrip audit v1", each field
+-- length-prefixed, then the previous hash.
+CREATE FUNCTION scrip_audit_append(
+    p_ids TEXT[], p_created BIGINT[], p_actor TEXT, p_request_id TEXT,
+    p_actions TEXT[], p_objects TEXT[], p_outcomes TEXT[], p_codes TEXT[]) RETURNS BIGINT
+LANGUAGE plpgsql AS $$
+DECLARE
+    head_seq BIGINT;
+    head_hash BYTEA;
+    prev BYTEA;
+BEGIN
+    SELECT seq, hash INTO head_seq, head_hash FROM audit_head WHERE id = 1 FOR UPDATE;
+    FOR i IN 1 .. coalesce(array_length(p_ids, 1), 0) LOOP
+        head_seq := head_seq + 1;
+        prev := head_hash;
+        head_hash := sha256(
+            convert_to('scrip audit v1', 'UTF8')
+            || scrip_audit_field(int8send(head_seq))
+            || scrip_audit_field(convert_to(p_ids[i], 'UTF8'))
+            || scrip_audit_field(int8send(p_created[i]))
+            || scrip_audit_field(convert_to(p_actor, 'UTF8'))
+            || scrip_audit_field(convert_to(coalesce(p_request_id, ''), 'UTF8'))
+            || scrip_audit_field(convert_to(p_actions[i], 'UTF8'))
+            || scrip_audit_field(convert_to(p_objects[i], 'UTF8'))
+            || scrip_audit_field(convert_to(p_outcomes[i], 'UTF8'))
+            || scrip_audit_field(convert_to(coalesce(p_codes[i], ''), 'UTF8'))
+            || prev);
+        INSERT INTO audit_events (seq, id, created, actor, request_id, action, object_id, outcome,
+            code, prev_hash, hash)
+        VALUES (head_seq, p_ids[i], p_created[i], p_actor, p_request_id, p_actions[i], p_objects[i],
+            p_outcomes[i], p_codes[i], prev, head_hash);
+    END LOOP;
+    UPDATE audit_head SET seq = head_seq, hash = head_hash WHERE id = 1;
+    RETURN head_seq;
+END
+$$;
+"#,
 ];
 
 /// Connections per node.
@@ -458,7 +501,11 @@ impl Tx {
     }
 
     /// Writes the idempotent response, the balances and the audit records,
-    /// then commits: two round trips, the second pipelined with `COMMIT`.
+    /// then commits, all in one flight: the statements are prepared first,
+    /// then sent back to back with the `COMMIT` last, so the hot rows (the
+    /// balances and the audit chain head, locked in that order) are held
+    /// only while the server runs them and flushes the commit, never while
+    /// a reply travels to this node and back.
     async fn commit(mut self, response: Option<Remembered>) -> PgResult<()> {
         let balances = match self.balances.lock() {
             Ok(mut b) => std::mem::take(&mut *b),
@@ -471,74 +518,149 @@ impl Tx {
             Err(_) => return Err(StoreError::Database("the audit queue is poisoned".into()).into()),
         };
         let this = &self;
-        let remember = async move {
+        let (remember_stmt, balances_stmt, audit_stmt) = try_join3(
+            this.prepare(REMEMBER_RESPONSE),
+            this.prepare(UPSERT_BALANCES),
+            this.prepare(APPEND_AUDIT),
+        )
+        .await?;
+        let balances = BalanceArrays::from(balances);
+        let audit = AuditArrays::from(audit);
+        let remember = async {
             if let Some(r) = &response {
                 let status = i64::from(r.status);
-                this.execute(
-                    "UPDATE idempotency SET status = $3, key_id = $4, nonce = $5, body = $6
-                     WHERE actor = $1 AND key = $2",
-                    &[
-                        &r.actor,
-                        &r.key,
-                        &status,
-                        &r.sealed.key_id,
-                        &r.sealed.nonce,
-                        &r.sealed.ciphertext,
-                    ],
-                )
-                .await?;
+                this.conn()?
+                    .execute(
+                        &remember_stmt,
+                        &[
+                            &r.actor,
+                            &r.key,
+                            &status,
+                            &r.sealed.key_id,
+                            &r.sealed.nonce,
+                            &r.sealed.ciphertext,
+                        ],
+                    )
+                    .await?;
             }
             Ok::<(), Fail>(())
         };
-        let head = async move {
-            if audit.is_empty() {
-                return Ok::<_, Fail>(None);
+        let upsert = async {
+            if !balances.accounts.is_empty() {
+                this.conn()?
+                    .execute(
+                        &balances_stmt,
+                        &[
+                            &balances.accounts,
+                            &balances.currencies,
+                            &balances.posted,
+                            &balances.pending,
+                        ],
+                    )
+                    .await?;
             }
-            let row = this
-                .query_one(
-                    "SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE",
-                    &[],
-                )
-                .await?;
-            Ok(Some((
-                row.try_get::<_, i64>(0)?,
-                row.try_get::<_, Vec<u8>>(1)?,
-                audit,
-            )))
+            Ok::<(), Fail>(())
         };
-        let (_, _, head) = try_join3(remember, upsert_balances(this, balances), head).await?;
-        match head {
-            None => self.batch("COMMIT").await?,
-            Some((seq, hash, audit)) => {
-                let records = chain_records(&self.identity, seq, &hash, audit)?;
-                let this = &self;
-                // Prepared first: a pipelined statement must be sent before
-                // the COMMIT behind it, never after.
-                let (insert, update) = try_join(
-                    this.prepare(outbox::INSERT_AUDIT),
-                    this.prepare("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1"),
-                )
-                .await?;
-                let (head_seq, head_hash) = records
-                    .last()
-                    .map(|r| (r.seq, r.hash.to_vec()))
-                    .unwrap_or((seq, hash));
-                let update_head = async move {
-                    this.conn()?
-                        .execute(&update, &[&head_seq, &head_hash])
-                        .await?;
-                    Ok::<(), Fail>(())
-                };
-                try_join3(
-                    outbox::insert_audit(this, &insert, &records),
-                    update_head,
-                    this.batch("COMMIT"),
-                )
-                .await?;
+        let append = async {
+            if !audit.ids.is_empty() {
+                this.conn()?
+                    .execute(
+                        &audit_stmt,
+                        &[
+                            &audit.ids,
+                            &audit.created,
+                            &this.identity.0,
+                            &this.identity.1,
+                            &audit.actions,
+                            &audit.objects,
+                            &audit.outcomes,
+                            &audit.codes,
+                        ],
+                    )
+                    .await?;
             }
-        }
+            Ok::<(), Fail>(())
+        };
+        try_join4(remember, upsert, append, this.batch("COMMIT")).await?;
         self.open = false;
         Ok(())
+    }
+}
+
+/// Fills in an idempotency record claimed at the start of the transaction.
+const REMEMBER_RESPONSE: &str =
+    "UPDATE idempotency SET status = $3, key_id = $4, nonce = $5, body = $6
+     WHERE actor = $1 AND key = $2";
+
+/// Adds to materialized balances, in the order given (key order).
+const UPSERT_BALANCES: &str = "INSERT INTO ledger_balances (account, currency, posted, pending)
+     SELECT a, c, p, q FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[])
+       WITH ORDINALITY AS u(a, c, p, q, n) ORDER BY n
+     ON CONFLICT (account, currency) DO UPDATE SET
+       posted = ledger_balances.posted + excluded.posted,
+       pending = ledger_balances.pending + excluded.pending";
+
+/// Appends audit records to the chain (see `scrip_audit_append` in the
+/// migrations: it locks the head and hashes each record as
+/// `common::audit_hash` does).
+const APPEND_AUDIT: &str = "SELECT scrip_audit_append($1::text[], $2::bigint[], $3::text, $4::text,
+       $5::text[], $6::text[], $7::text[], $8::text[])";
+
+/// Queued balance changes as statement arrays, in key order.
+struct BalanceArrays {
+    accounts: Vec<String>,
+    currencies: Vec<&'static str>,
+    posted: Vec<i64>,
+    pending: Vec<i64>,
+}
+
+impl From<Balances> for BalanceArrays {
+    fn from(queued: Balances) -> BalanceArrays {
+        let mut b = BalanceArrays {
+            accounts: Vec::with_capacity(queued.len()),
+            currencies: Vec::with_capacity(queued.len()),
+            posted: Vec::with_capacity(queued.len()),
+            pending: Vec::with_capacity(queued.len()),
+        };
+        for ((account, currency), (p, q)) in queued {
+            b.accounts.push(account);
+            b.currencies.push(currency);
+            b.posted.push(p);
+            b.pending.push(q);
+        }
+        b
+    }
+}
+
+/// Queued audit records as statement arrays, each with a fresh id.
+struct AuditArrays {
+    ids: Vec<String>,
+    created: Vec<i64>,
+    actions: Vec<String>,
+    objects: Vec<String>,
+    outcomes: Vec<String>,
+    codes: Vec<Option<String>>,
+}
+
+impl From<Vec<PendingAudit>> for AuditArrays {
+    fn from(pending: Vec<PendingAudit>) -> AuditArrays {
+        let mut a = AuditArrays {
+            ids: Vec::with_capacity(pending.len()),
+            created: Vec::with_capacity(pending.len()),
+            actions: Vec::with_capacity(pending.len()),
+            objects: Vec::with_capacity(pending.len()),
+            outcomes: Vec::with_capacity(pending.len()),
+            codes: Vec::with_capacity(pending.len()),
+        };
+        for p in pending {
+            a.ids.push(new_id("ae"));
+            a.created.push(p.created);
+            a.actions.push(p.action);
+            a.objects.push(p.object_id);
+            a.outcomes.push(p.outcome);
+            a.codes.push(p.code);
+        }
+        a
     }
 }
 
@@ -558,58 +680,14 @@ struct Remembered {
     sealed: Sealed,
 }
 
-/// Links queued audit records to the chain head.
-fn chain_records(
-    identity: &(String, Option<String>),
-    head_seq: i64,
-    head_hash: &[u8],
-    pending: Vec<PendingAudit>,
-) -> PgResult<Vec<AuditRecord>> {
-    let mut prev = <[u8; 32]>::try_from(head_hash).map_err(|_| bad_row("audit chain head"))?;
-    let mut records = Vec::with_capacity(pending.len());
-    for (seq, p) in (head_seq + 1..).zip(pending) {
-        let mut record = AuditRecord {
-            seq,
-            id: new_id("ae"),
-            created: p.created,
-            actor: identity.0.clone(),
-            request_id: identity.1.clone(),
-            action: p.action,
-            object_id: p.object_id,
-            outcome: p.outcome,
-            code: p.code,
-            prev_hash: prev,
-            hash: [0; 32],
-        };
-        record.hash = super::common::audit_hash(&record);
-        prev = record.hash;
-        records.push(record);
-    }
-    Ok(records)
-}
-
 async fn upsert_balances(tx: &Tx, queued: Balances) -> PgResult<()> {
     if queued.is_empty() {
         return Ok(());
     }
-    let mut accounts = Vec::with_capacity(queued.len());
-    let mut currencies = Vec::with_capacity(queued.len());
-    let mut posted = Vec::with_capacity(queued.len());
-    let mut pending = Vec::with_capacity(queued.len());
-    for ((account, currency), (p, q)) in queued {
-        accounts.push(account);
-        currencies.push(currency.to_owned());
-        posted.push(p);
-        pending.push(q);
-    }
+    let b = BalanceArrays::from(queued);
     tx.execute(
-        "INSERT INTO ledger_balances (account, currency, posted, pending)
-         SELECT a, c, p, q FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[])
-           WITH ORDINALITY AS u(a, c, p, q, n) ORDER BY n
-         ON CONFLICT (account, currency) DO UPDATE SET
-           posted = ledger_balances.posted + excluded.posted,
-           pending = ledger_balances.pending + excluded.pending",
-        &[&accounts, &currencies, &posted, &pending],
+        UPSERT_BALANCES,
+        &[&b.accounts, &b.currencies, &b.posted, &b.pending],
     )
     .await?;
     Ok(())

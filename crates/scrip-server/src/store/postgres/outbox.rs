@@ -391,52 +391,6 @@ pub(super) async fn fill_attempts(tx: &Tx, deliveries: &mut [Delivery]) -> PgRes
     Ok(())
 }
 
-/// Appends audit records, from arrays of their fields.
-pub(super) const INSERT_AUDIT: &str = "INSERT INTO audit_events (seq, id, created, actor, request_id, action, object_id,
-       outcome, code, prev_hash, hash)
-     SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[],
-       $7::text[], $8::text[], $9::text[], $10::bytea[], $11::bytea[])";
-
-/// Writes chained audit records (the caller holds the chain head's lock)
-/// with `insert`, the prepared [`INSERT_AUDIT`]. It is sent when first
-/// polled, so it can be pipelined ahead of a `COMMIT`.
-pub(super) async fn insert_audit(
-    tx: &Tx,
-    insert: &tokio_postgres::Statement,
-    records: &[AuditRecord],
-) -> PgResult<()> {
-    let seqs: Vec<i64> = records.iter().map(|r| r.seq).collect();
-    let ids: Vec<&str> = records.iter().map(|r| r.id.as_str()).collect();
-    let created: Vec<i64> = records.iter().map(|r| r.created).collect();
-    let actors: Vec<&str> = records.iter().map(|r| r.actor.as_str()).collect();
-    let request_ids: Vec<Option<&str>> = records.iter().map(|r| r.request_id.as_deref()).collect();
-    let actions: Vec<&str> = records.iter().map(|r| r.action.as_str()).collect();
-    let objects: Vec<&str> = records.iter().map(|r| r.object_id.as_str()).collect();
-    let outcomes: Vec<&str> = records.iter().map(|r| r.outcome.as_str()).collect();
-    let codes: Vec<Option<&str>> = records.iter().map(|r| r.code.as_deref()).collect();
-    let prevs: Vec<&[u8]> = records.iter().map(|r| &r.prev_hash[..]).collect();
-    let hashes: Vec<&[u8]> = records.iter().map(|r| &r.hash[..]).collect();
-    tx.conn()?
-        .execute(
-            insert,
-            &[
-                &seqs,
-                &ids,
-                &created,
-                &actors,
-                &request_ids,
-                &actions,
-                &objects,
-                &outcomes,
-                &codes,
-                &prevs,
-                &hashes,
-            ],
-        )
-        .await?;
-    Ok(())
-}
-
 pub(super) const AUDIT_COLS: &str =
     "seq, id, created, actor, request_id, action, object_id, outcome, code, prev_hash, hash";
 
