@@ -435,13 +435,18 @@ fn writer_loop(conn: Connection, queue: Receiver<Job>, stats: &WriterStats) {
                 Err(_) => break,
             }
         }
-        let began = conn.execute_batch("BEGIN IMMEDIATE").is_ok();
-        if !began {
-            tracing::error!("the writer could not begin a transaction");
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            // Outside a transaction each job's savepoint would commit on its
+            // own while its caller is told the group failed: run none of
+            // them. Dropping a job drops its reply channel, so its caller
+            // gets an error and nothing was written.
+            tracing::error!(error = %e, operations = group.len(), "the writer could not begin a transaction");
+            drop(group);
+            continue;
         }
         let replies: Vec<_> = group.into_iter().map(|job| job(&conn)).collect();
-        let committed = began && conn.execute_batch("COMMIT").is_ok();
-        if began && !committed {
+        let committed = conn.execute_batch("COMMIT").is_ok();
+        if !committed {
             tracing::error!(
                 operations = replies.len(),
                 "group commit failed; rolling back"
@@ -2663,6 +2668,37 @@ mod tests {
             "concurrent writes share commits: {} groups for 200 operations",
             after.groups - before.groups
         );
+    }
+
+    #[tokio::test]
+    async fn a_group_that_cannot_begin_runs_none_of_its_operations() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let store = SqliteStore::open(&path, LedgerConfig::default()).unwrap();
+        // Another process holds the write lock past the writer's busy
+        // timeout (5 s), then lets go while the group's operations, had they
+        // run outside a transaction, would still be waiting for it.
+        let other = Connection::open(&path).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let holder = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_secs(7));
+            other.execute_batch("ROLLBACK").unwrap();
+        });
+        let refused = store
+            .create_customer(customer("cus_locked_out"), None)
+            .await;
+        assert!(refused.is_err(), "the caller is told it failed");
+        holder.join().unwrap();
+        let found = store.customer("cus_locked_out").await;
+        assert!(
+            matches!(found, Err(StoreError::NotFound { .. })),
+            "and it had no effect: {found:?}"
+        );
+        store
+            .create_customer(customer("cus_after"), None)
+            .await
+            .unwrap();
+        store.customer("cus_after").await.unwrap();
     }
 
     #[tokio::test]
