@@ -38,6 +38,15 @@ pub const CLOCK_ADVANCE_SECS_MAX: i64 = 10 * 366 * 86_400;
 /// Group commit: most operations in one transaction, and the queue in front.
 pub const WRITER_BATCH_MAX: usize = 512;
 pub const WRITER_QUEUE_MAX: usize = 16_384;
+/// Page cache of each embedded-database connection, in KiB.
+pub const SQLITE_CACHE_KIB: i64 = 64 * 1024;
+/// How much of the embedded database file each connection maps.
+pub const SQLITE_MMAP_BYTES: i64 = 1 << 30;
+/// The embedded database's WAL is checkpointed by a thread of its own this
+/// often; the writer checkpoints itself only once the WAL holds this many
+/// pages (4 KiB each), should that thread fall behind.
+pub const SQLITE_CHECKPOINT_INTERVAL_MS: u64 = 100;
+pub const SQLITE_WAL_BACKSTOP_PAGES: i64 = 65_536;
 /// Read connections to the embedded database.
 pub const READ_CONNECTIONS_MAX: usize = 8;
 /// Requests served concurrently before new ones wait.

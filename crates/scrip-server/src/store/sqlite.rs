@@ -212,6 +212,8 @@ pub struct SqliteStore {
     auth: AuthCache,
     stats: Arc<WriterStats>,
     jobs: SyncSender<Job>,
+    /// The checkpoint thread runs while this lives.
+    _checkpointing: Arc<()>,
     readers: Arc<Mutex<Vec<Connection>>>,
     read_slots: Arc<tokio::sync::Semaphore>,
 }
@@ -231,6 +233,11 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     // FULL: a commit is on disk (WAL fsynced) before COMMIT returns.
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
+    // A page cache large enough for the hot indexes (negative: KiB), and
+    // the database file mapped so that pages another connection changed are
+    // mapped rather than copied in again.
+    conn.pragma_update(None, "cache_size", -limits::SQLITE_CACHE_KIB)?;
+    conn.pragma_update(None, "mmap_size", limits::SQLITE_MMAP_BYTES)?;
     conn.set_prepared_statement_cache_capacity(128);
     Ok(conn)
 }
@@ -247,6 +254,14 @@ impl SqliteStore {
             "UPDATE deliveries SET locked_until = NULL WHERE locked_until IS NOT NULL",
             [],
         )?;
+        // Checkpoints copy the WAL into the database file and fsync it: a
+        // thread of their own does that, so a commit only appends to the
+        // WAL. The writer checkpoints itself only past a backstop size.
+        writer.pragma_update(
+            None,
+            "wal_autocheckpoint",
+            limits::SQLITE_WAL_BACKSTOP_PAGES,
+        )?;
         let (jobs, queue) = sync_channel::<Job>(limits::WRITER_QUEUE_MAX);
         let stats = Arc::new(WriterStats::default());
         let writer_stats = stats.clone();
@@ -254,12 +269,22 @@ impl SqliteStore {
             .name("scrip-sqlite-writer".into())
             .spawn(move || writer_loop(writer, queue, &writer_stats))
             .map_err(|e| StoreError::Database(format!("cannot start the writer thread: {e}")))?;
+        let checkpointer = open_connection(path)?;
+        let alive = Arc::new(());
+        let watch = Arc::downgrade(&alive);
+        std::thread::Builder::new()
+            .name("scrip-sqlite-checkpoint".into())
+            .spawn(move || checkpoint_loop(checkpointer, watch))
+            .map_err(|e| {
+                StoreError::Database(format!("cannot start the checkpoint thread: {e}"))
+            })?;
         Ok(SqliteStore {
             path: path.to_owned(),
             auth: AuthCache::default(),
             ledger,
             stats,
             jobs,
+            _checkpointing: alive,
             readers: Arc::new(Mutex::new(Vec::new())),
             read_slots: Arc::new(tokio::sync::Semaphore::new(limits::READ_CONNECTIONS_MAX)),
         })
@@ -461,6 +486,18 @@ fn writer_loop(conn: Connection, queue: Receiver<Job>, stats: &WriterStats) {
         }
         for reply in replies {
             reply(committed);
+        }
+    }
+}
+
+/// Passive checkpoints (they never block the writer or readers) every
+/// `SQLITE_CHECKPOINT_INTERVAL_MS` until the store is dropped.
+fn checkpoint_loop(conn: Connection, alive: std::sync::Weak<()>) {
+    let interval = std::time::Duration::from_millis(limits::SQLITE_CHECKPOINT_INTERVAL_MS);
+    while alive.strong_count() > 0 {
+        std::thread::sleep(interval);
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "WAL checkpoint failed; retrying");
         }
     }
 }
