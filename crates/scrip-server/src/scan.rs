@@ -42,14 +42,52 @@ fn secret_pattern() -> &'static Regex {
     })
 }
 
-fn card_pattern() -> &'static Regex {
+fn digit_run_pattern() -> &'static Regex {
     static RE: OnceLock<Regex> = OnceLock::new();
-    // Digit runs of 12–19 digits, optionally grouped with spaces or dashes,
-    // not glued to other digits.
+    // Groups of digits joined by single spaces or dashes: a card number as
+    // typed, perhaps with other digit groups next to it.
     RE.get_or_init(|| {
-        Regex::new(r"(?:^|[^0-9])((?:[0-9][ -]?){11,18}[0-9])(?:[^0-9]|$)")
+        Regex::new(r"[0-9]+(?:[ -][0-9]+)*")
             .unwrap_or_else(|_| Regex::new("$^").unwrap_or_else(|_| unreachable!()))
     })
+}
+
+/// Card numbers inside one run of digit groups: at each group, the longest
+/// sequence of whole groups holding 12–19 digits that passes Luhn, then on
+/// after it. A number never starts or ends inside a group, so a longer
+/// digit string (an id, a timestamp) is never cut into a "card".
+fn cards_in_run(run: &str, offset: usize) -> Vec<(usize, String)> {
+    let groups: Vec<(usize, &str)> = run
+        .split([' ', '-'])
+        .scan(0usize, |at, group| {
+            let start = *at;
+            *at += group.len() + 1;
+            Some((start, group))
+        })
+        .collect();
+    let mut found = Vec::new();
+    let mut i = 0;
+    while i < groups.len() {
+        let mut best = None;
+        let mut digits = String::new();
+        for (j, (_, group)) in groups.iter().enumerate().skip(i) {
+            digits.push_str(group);
+            if digits.len() > 19 {
+                break;
+            }
+            if digits.len() >= 12 && luhn_valid(&digits) {
+                best = Some((j, digits.clone()));
+            }
+        }
+        match best {
+            Some((j, number)) => {
+                found.push((offset + groups[i].0, number));
+                i = j + 1;
+            }
+            None => i += 1,
+        }
+    }
+    found
 }
 
 /// Every secret and card number in `text`, with 1-based line and column.
@@ -70,13 +108,11 @@ pub fn scan_text(text: &str) -> Vec<Finding> {
                 });
             }
         }
-        for c in card_pattern().captures_iter(line) {
-            let Some(m) = c.get(1) else { continue };
-            let digits: String = m.as_str().chars().filter(char::is_ascii_digit).collect();
-            if (12..=19).contains(&digits.len()) && luhn_valid(&digits) {
+        for run in digit_run_pattern().find_iter(line) {
+            for (start, digits) in cards_in_run(run.as_str(), run.start()) {
                 findings.push(Finding {
                     line: index + 1,
-                    column: m.start() + 1,
+                    column: start + 1,
                     kind: FindingKind::CardNumber {
                         last4: digits[digits.len() - 4..].to_owned(),
                     },
@@ -125,6 +161,25 @@ mod tests {
             assert_eq!(found.len(), 1, "{text}");
             assert!(matches!(found[0].kind, FindingKind::CardNumber { .. }));
         }
+        // Next to other digits, or several on one line.
+        for (text, last4s) in [
+            ("card 4242424242424242 123", vec!["4242"]),
+            ("4242 4242 4242 4242 12/30", vec!["4242"]),
+            ("4242424242424242,4000000000000002", vec!["4242", "0002"]),
+            ("exp 12 2030 card 5555-5555-5555-4444 cvc 123", vec!["4444"]),
+            ("4242424242424242 5555555555554444", vec!["4242", "4444"]),
+        ] {
+            let found: Vec<String> = scan_text(text)
+                .into_iter()
+                .map(|f| match f.kind {
+                    FindingKind::CardNumber { last4 } => last4,
+                    other => format!("{other:?}"),
+                })
+                .collect();
+            assert_eq!(found, last4s, "{text}");
+        }
+        let found = scan_text("x 4242424242424242 123");
+        assert_eq!(found[0].column, 3, "the column of the number's first digit");
         // Not Luhn-valid, too short, or part of a longer digit run.
         for text in [
             "4242424242424241",
