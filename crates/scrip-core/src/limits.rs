@@ -35,6 +35,9 @@ pub const METADATA_VALUE_LEN_MAX: usize = 500;
 pub const CARD_EXPIRY_YEARS_AHEAD_MAX: i32 = 50;
 /// Test clock: one advance moves at most this far.
 pub const CLOCK_ADVANCE_SECS_MAX: i64 = 10 * 366 * 86_400;
+/// Most tokens in a chain (a root and its derived descendants): a charge
+/// locks and checks every one of them.
+pub const TOKEN_CHAIN_DEPTH_MAX: usize = 8;
 /// Group commit: most operations in one transaction, and the queue in front.
 pub const WRITER_BATCH_MAX: usize = 512;
 pub const WRITER_QUEUE_MAX: usize = 16_384;

@@ -92,6 +92,7 @@ pub fn app(state: AppState) -> Router {
             post(tokens::create_token).get(tokens::list_tokens),
         )
         .route("/tokens/self", get(tokens::token_self))
+        .route("/tokens/self/derive", post(tokens::derive_token))
         .route("/tokens/{id}", get(tokens::get_token))
         .route("/tokens/{id}/revoke", post(tokens::revoke_token))
         .route("/tokens/{id}/suspend", post(tokens::suspend_token))

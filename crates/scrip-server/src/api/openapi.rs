@@ -65,6 +65,7 @@ an `Idempotency-Key` header. Every non-2xx response has the body \
         tokens::create_token,
         tokens::list_tokens,
         tokens::token_self,
+        tokens::derive_token,
         tokens::get_token,
         tokens::revoke_token,
         tokens::suspend_token,

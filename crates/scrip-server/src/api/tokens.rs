@@ -1,12 +1,13 @@
 //! Payment token endpoints: issue (orchestrator), read, list, revoke,
-//! suspend, resume, and the agent's own view (`/v1/tokens/self`).
+//! suspend, resume, and the agent's own view (`/v1/tokens/self`) and
+//! narrower children (`/v1/tokens/self/derive`).
 
 use axum::extract::{OriginalUri, RawQuery, State};
 use axum::response::Response;
 use scrip_core::limits;
 use scrip_core::money::{CapAmount, ChargeAmount, Currency};
 use scrip_core::period::Period;
-use scrip_core::token::{Status, StoredStatus, Usage};
+use scrip_core::token::{Refusal, Status, StoredStatus, Usage};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
@@ -83,53 +84,21 @@ pub async fn create_token(
     let payment_method = body_id(&b.payment_method, "payment_method", "payment_method")?.to_owned();
     let provider = body_id(&b.provider, "provider", "provider")?.to_owned();
     let currency = parse_currency(&b.currency, "currency")?;
-    let cap = CapAmount::new(b.cap.amount).ok_or_else(|| {
-        ApiError::invalid(
-            "amount_invalid",
-            "cap.amount",
-            format!(
-                "cap.amount must be a whole number of minor units from 1 to {}.",
-                limits::CAP_AMOUNT_MAX
-            ),
-        )
-    })?;
-    let period = b
-        .cap
-        .period
-        .parse::<Period>()
-        .map_err(|e| ApiError::invalid("parameter_invalid", "cap.period", e.to_string()))?;
-    let usage = match b.usage.as_deref() {
-        None => Usage::MultiUse,
-        Some(u) => u.parse::<Usage>().map_err(|()| {
-            ApiError::invalid(
-                "parameter_invalid",
-                "usage",
-                "usage must be multi_use or single_use.",
-            )
-        })?,
-    };
-    if let Some(max) = b.max_per_charge {
-        if ChargeAmount::new(max).is_none() || max > cap.get() {
-            return Err(ApiError::invalid(
-                "amount_invalid",
-                "max_per_charge",
-                format!(
-                    "max_per_charge must be from {} to the smaller of {} and cap.amount.",
-                    limits::CHARGE_AMOUNT_MIN,
-                    limits::CHARGE_AMOUNT_MAX
-                ),
-            ));
-        }
-    }
     let now = state.clock.now();
-    let expires_at = b.expires_at.unwrap_or(now + limits::TOKEN_TTL_SECS_DEFAULT);
-    if expires_at <= now || expires_at > now + limits::TOKEN_TTL_SECS_MAX {
-        return Err(ApiError::invalid(
-            "parameter_invalid",
-            "expires_at",
-            "expires_at must be a Unix time in the future and at most 366 days from now.",
-        ));
-    }
+    let Limits {
+        cap,
+        period,
+        usage,
+        max_per_charge,
+        expires_at,
+    } = Limits::parse(
+        &b.cap,
+        b.usage.as_deref(),
+        b.max_per_charge,
+        b.expires_at,
+        now,
+        now + limits::TOKEN_TTL_SECS_DEFAULT,
+    )?;
     let token = Token {
         id: new_id("pt"),
         customer_id,
@@ -140,7 +109,7 @@ pub async fn create_token(
         cap,
         period,
         usage,
-        max_per_charge: b.max_per_charge,
+        max_per_charge,
         expires_at,
         parent_id: None,
         stored_status: StoredStatus::Active,
@@ -162,6 +131,80 @@ pub async fn create_token(
         |idem| async move { Ok(store.create_token(new, now, idem).await?) },
     )
     .await
+}
+
+/// A token's limits as asked for, validated on their own (a derived token
+/// is then checked against its parent's).
+struct Limits {
+    cap: CapAmount,
+    period: Period,
+    usage: Usage,
+    max_per_charge: Option<i64>,
+    expires_at: i64,
+}
+
+impl Limits {
+    fn parse(
+        cap: &CapInput,
+        usage: Option<&str>,
+        max_per_charge: Option<i64>,
+        expires_at: Option<i64>,
+        now: i64,
+        default_expires_at: i64,
+    ) -> Result<Limits, ApiError> {
+        let amount = CapAmount::new(cap.amount).ok_or_else(|| {
+            ApiError::invalid(
+                "amount_invalid",
+                "cap.amount",
+                format!(
+                    "cap.amount must be a whole number of minor units from 1 to {}.",
+                    limits::CAP_AMOUNT_MAX
+                ),
+            )
+        })?;
+        let period = cap
+            .period
+            .parse::<Period>()
+            .map_err(|e| ApiError::invalid("parameter_invalid", "cap.period", e.to_string()))?;
+        let usage = match usage {
+            None => Usage::MultiUse,
+            Some(u) => u.parse::<Usage>().map_err(|()| {
+                ApiError::invalid(
+                    "parameter_invalid",
+                    "usage",
+                    "usage must be multi_use or single_use.",
+                )
+            })?,
+        };
+        if let Some(max) = max_per_charge {
+            if ChargeAmount::new(max).is_none() || max > amount.get() {
+                return Err(ApiError::invalid(
+                    "amount_invalid",
+                    "max_per_charge",
+                    format!(
+                        "max_per_charge must be from {} to the smaller of {} and cap.amount.",
+                        limits::CHARGE_AMOUNT_MIN,
+                        limits::CHARGE_AMOUNT_MAX
+                    ),
+                ));
+            }
+        }
+        let expires_at = expires_at.unwrap_or(default_expires_at);
+        if expires_at <= now || expires_at > now + limits::TOKEN_TTL_SECS_MAX {
+            return Err(ApiError::invalid(
+                "parameter_invalid",
+                "expires_at",
+                "expires_at must be a Unix time in the future and at most 366 days from now.",
+            ));
+        }
+        Ok(Limits {
+            cap: amount,
+            period,
+            usage,
+            max_per_charge,
+            expires_at,
+        })
+    }
 }
 
 /// The customer whose tokens the caller may see: its own for an
@@ -306,6 +349,168 @@ pub async fn resume_token(
     body: JsonBody<Empty>,
 ) -> Result<Response, ApiError> {
     change(state, caller, id, body, TokenChange::Resume).await
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeriveToken {
+    #[serde(deserialize_with = "super::extract::object")]
+    cap: CapInput,
+    /// Default: the parent's. A single-use parent has single-use children.
+    #[schema(schema_with = openapi::usage_or_null)]
+    usage: Option<String>,
+    /// Default: the parent's (if it has one), or none.
+    #[schema(minimum = 1, maximum = 99999999)]
+    max_per_charge: Option<i64>,
+    /// Default: the parent's expiry; never later.
+    #[schema(example = 1767225600)]
+    expires_at: Option<i64>,
+}
+
+/// Derive a narrower child token
+///
+/// With the payment token itself as the bearer secret (`scrip_pt_…`): a
+/// child token for a sub-agent, scoped to the same provider, payment method
+/// and currency, with a cap amount, expiry and limit per charge no wider
+/// than the parent's. Every charge on the child also counts against each of
+/// its ancestors; revoking an ancestor revokes the child. The response
+/// carries the child's token (`scrip_pt_…`), shown this once.
+#[utoipa::path(post, path = "/v1/tokens/self/derive", tag = "tokens",
+    request_body = DeriveToken,
+    responses((status = 200, description = "The child payment token, with its `token`.", body = views::TokenView), WriteErrors))]
+pub async fn derive_token(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    body: JsonBody<DeriveToken>,
+) -> Result<Response, ApiError> {
+    let Principal::Token { token_id } = caller.clone() else {
+        return Err(ApiError::forbidden(
+            "Send the parent payment token itself (scrip_pt_…) as the bearer secret.",
+        ));
+    };
+    let b = body.value()?;
+    let now = state.clock.now();
+    let parent = state.store.token(&token_id, None, now).await?;
+    // The parent and every ancestor must be usable, and the chain bounded:
+    // a charge locks and checks every link of it.
+    let mut depth = 1;
+    let mut link = Some(parent.clone());
+    while let Some(d) = link {
+        if let Some(refusal) = unusable(d.status) {
+            return Err(ApiError::refusal(&refusal, |n| n.to_string()));
+        }
+        link = match &d.token.parent_id {
+            Some(id) => {
+                depth += 1;
+                Some(state.store.token(id, None, now).await?)
+            }
+            None => None,
+        };
+    }
+    if depth >= limits::TOKEN_CHAIN_DEPTH_MAX {
+        return Err(ApiError::invalid(
+            "parameter_invalid",
+            "token",
+            format!(
+                "A token can be derived at most {} levels deep; derive from a token nearer the root.",
+                limits::TOKEN_CHAIN_DEPTH_MAX - 1
+            ),
+        ));
+    }
+    let p = &parent.token;
+    let Limits {
+        cap,
+        period,
+        usage,
+        max_per_charge,
+        expires_at,
+    } = Limits::parse(
+        &b.cap,
+        b.usage.as_deref().or(Some(p.usage.name())),
+        b.max_per_charge,
+        b.expires_at,
+        now,
+        p.expires_at,
+    )?;
+    let wider = |param: &str, message: &str| {
+        Err(ApiError::invalid(
+            "parameter_invalid",
+            param,
+            format!("{message} A derived token can only be narrower than its parent."),
+        ))
+    };
+    if cap.get() > p.cap.get() {
+        return wider(
+            "cap.amount",
+            &format!(
+                "cap.amount is more than the parent's cap of {}.",
+                p.cap.get()
+            ),
+        );
+    }
+    if expires_at > p.expires_at {
+        return wider(
+            "expires_at",
+            "expires_at is later than the parent's expiry.",
+        );
+    }
+    if p.usage == Usage::SingleUse && usage != Usage::SingleUse {
+        return wider("usage", "The parent is single_use.");
+    }
+    let max_per_charge = match (max_per_charge, p.max_per_charge) {
+        (Some(child), Some(parent)) if child > parent => {
+            return wider(
+                "max_per_charge",
+                &format!("max_per_charge is more than the parent's limit of {parent}."),
+            )
+        }
+        (Some(child), _) => Some(child),
+        (None, Some(parent)) => Some(parent.min(cap.get())),
+        (None, None) => None,
+    };
+    let token = Token {
+        id: new_id("pt"),
+        customer_id: p.customer_id.clone(),
+        credential_id: p.credential_id.clone(),
+        payment_method_id: p.payment_method_id.clone(),
+        provider_id: p.provider_id.clone(),
+        currency: p.currency,
+        cap,
+        period,
+        usage,
+        max_per_charge,
+        expires_at,
+        parent_id: Some(p.id.clone()),
+        stored_status: StoredStatus::Active,
+        metadata: Metadata::new(),
+        created: now,
+    };
+    let secret = Secret::generate(PREFIX_TOKEN);
+    let new = NewToken {
+        token,
+        secret_hash: secret.hash(),
+    };
+    let store = state.store.clone();
+    run(
+        &state,
+        &caller,
+        body.idempotency_key,
+        body.request_hash,
+        move |d: &TokenDetails| to_json(&views::token(d, Some(secret.expose()))),
+        |idem| async move { Ok(store.create_token(new, now, idem).await?) },
+    )
+    .await
+}
+
+/// Why a token in this state cannot have children (or pay).
+fn unusable(status: Status) -> Option<Refusal> {
+    match status {
+        Status::Active => None,
+        Status::Revoked => Some(Refusal::Revoked),
+        Status::Expired => Some(Refusal::Expired),
+        Status::Exhausted => Some(Refusal::Exhausted),
+        Status::Suspended => Some(Refusal::Suspended),
+    }
 }
 
 /// What the agent holding the token may know about it.
