@@ -3,7 +3,9 @@
 //! API that no interleaving broke an invariant.
 //!
 //! By default it starts a server in-process (a fresh data directory, the
-//! embedded SQLite store, exactly as `scrip demo` does); with `--url` it
+//! embedded SQLite store, exactly as `scrip demo` does); with
+//! `--database-url` that server stores its data in PostgreSQL instead, in a
+//! fresh schema dropped afterwards; with `--url` it
 //! targets a server that is already running, with the operator secret from
 //! `--admin-key` / `SCRIP_ADMIN_KEY`. Everything it needs (a customer,
 //! orchestrator credentials, a provider, a vaulted test card, tokens) is
@@ -26,6 +28,8 @@
 //!   captured charge, 25 introspections (`GET /v1/tokens/self`) and 5 token
 //!   issues; a capture with no hold to capture places a hold instead, a
 //!   refund with nothing to refund charges instead.
+//! - `issue`: token issuing only; `introspect`: `GET /v1/tokens/self` only,
+//!   over `--tokens` tokens.
 //! - `revoke-storm`: charges over tokens of `--credentials` orchestrator
 //!   credentials; all but the first credential are revoked one after another
 //!   during the run. `token_revoked` refusals are expected, but none before
@@ -54,6 +58,7 @@ use rand::{Rng, SeedableRng};
 use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use scrip_client::{CardParams, Charge, Client, CustomerParams, HttpMethod, TokenParams};
 use scrip_server::server::{self, Config};
+use scrip_server::store::postgres::{url_with_search_path, PgStore};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -68,7 +73,7 @@ const LATENCY_MAX_MICROS: u64 = 300_000_000;
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// What to drive: spread, hot, mixed or revoke-storm.
+    /// What to drive: spread, hot, mixed, revoke-storm, issue or introspect.
     #[arg(long, value_enum, default_value_t = Scenario::Spread)]
     scenario: Scenario,
     /// Target this running server instead of starting one in-process.
@@ -100,6 +105,10 @@ pub struct BenchArgs {
     /// during the run.
     #[arg(long, default_value_t = 8)]
     credentials: usize,
+    /// Start the in-process server on this PostgreSQL database (in a fresh
+    /// schema, dropped afterwards) instead of SQLite.
+    #[arg(long, env = "SCRIP_BENCH_DATABASE_URL", conflicts_with = "url")]
+    database_url: Option<String>,
     /// Print a machine-readable summary on stdout instead of the report.
     #[arg(long)]
     json: bool,
@@ -114,6 +123,10 @@ enum Scenario {
     Hot,
     Mixed,
     RevokeStorm,
+    /// Token issuing only (the orchestrator's `POST /v1/tokens`).
+    Issue,
+    /// Token introspection only (the agent's `GET /v1/tokens/self`).
+    Introspect,
 }
 
 impl Scenario {
@@ -123,6 +136,8 @@ impl Scenario {
             Scenario::Hot => "hot",
             Scenario::Mixed => "mixed",
             Scenario::RevokeStorm => "revoke-storm",
+            Scenario::Issue => "issue",
+            Scenario::Introspect => "introspect",
         }
     }
 
@@ -131,7 +146,7 @@ impl Scenario {
         match self {
             Scenario::Hot => op == Op::Charge && status == 402 && code == "cap_exceeded",
             Scenario::RevokeStorm => op == Op::Charge && status == 402 && code == "token_revoked",
-            Scenario::Spread | Scenario::Mixed => false,
+            Scenario::Spread | Scenario::Mixed | Scenario::Issue | Scenario::Introspect => false,
         }
     }
 }
@@ -317,6 +332,8 @@ struct Target {
     url: String,
     admin_key: String,
     in_process: Option<(server::Running, tempfile::TempDir)>,
+    /// The PostgreSQL database and the schema made for this run.
+    schema: Option<(String, String)>,
 }
 
 impl Target {
@@ -329,6 +346,7 @@ impl Target {
                 url: url.trim_end_matches('/').to_owned(),
                 admin_key,
                 in_process: None,
+                schema: None,
             });
         }
         let data = tempfile::TempDir::new().context("cannot create a temporary data directory")?;
@@ -340,8 +358,28 @@ impl Target {
                 .map(char::from)
                 .collect::<String>()
         );
-        // A new store backend is chosen here (e.g. a database URL) once the
-        // server's Config has one; everything after this talks HTTP only.
+        // The store is chosen here; everything after this talks HTTP only.
+        let schema = match &args.database_url {
+            Some(base) => {
+                let name = format!(
+                    "scrip_bench_{}",
+                    rand::thread_rng()
+                        .sample_iter(&Alphanumeric)
+                        .take(12)
+                        .map(char::from)
+                        .collect::<String>()
+                        .to_lowercase()
+                );
+                PgStore::create_schema(base, &name)
+                    .await
+                    .with_context(|| format!("cannot create schema {name} on {base}"))?;
+                Some((base.clone(), name))
+            }
+            None => None,
+        };
+        let database_url = schema
+            .as_ref()
+            .map(|(base, name)| url_with_search_path(base, name));
         let running = server::start(Config {
             listen: "127.0.0.1:0".parse()?,
             data_dir: data.path().to_path_buf(),
@@ -350,34 +388,58 @@ impl Target {
             master_key: None,
             // The bench measures throughput; the per-secret limit would cap it.
             rate_limit_per_second: 0,
+            database_url,
             ..Config::default()
         })
-        .await
-        .context("cannot start the in-process Scrip server")?;
+        .await;
+        let running = match running {
+            Ok(running) => running,
+            Err(e) => {
+                if let Some((base, name)) = &schema {
+                    let _ = PgStore::drop_schema(base, name).await;
+                }
+                return Err(
+                    anyhow::Error::new(e).context("cannot start the in-process Scrip server")
+                );
+            }
+        };
         Ok(Target {
             url: format!("http://{}", running.addr),
             admin_key,
             in_process: Some((running, data)),
+            schema,
         })
     }
 
     fn describe(&self) -> String {
         match self.in_process {
-            Some(_) => format!(
-                "in-process server at {} (SQLite, fresh data directory)",
-                self.url
-            ),
+            Some(_) => match &self.schema {
+                None => format!(
+                    "in-process server at {} (SQLite, fresh data directory)",
+                    self.url
+                ),
+                Some((_, name)) => format!(
+                    "in-process server at {} (PostgreSQL, fresh schema {name})",
+                    self.url
+                ),
+            },
             None => format!("server at {}", self.url),
         }
     }
 
     async fn stop(self) -> anyhow::Result<()> {
         if let Some((running, data)) = self.in_process {
-            running
+            let stopped = running
                 .shutdown()
                 .await
-                .context("the in-process server did not stop cleanly")?;
+                .context("the in-process server did not stop cleanly");
             drop(data);
+            if let Some((base, name)) = &self.schema {
+                PgStore::drop_schema(base, name)
+                    .await
+                    .with_context(|| format!("cannot drop schema {name}"))?;
+            }
+            stopped?;
         }
         Ok(())
     }
@@ -996,6 +1058,11 @@ async fn connection(
                 conn.charge(TokenRef::Shared(0), true).await;
             }
             Scenario::Mixed => conn.mixed_step(&mut rng, &mut mixed).await,
+            Scenario::Issue => conn.issue().await,
+            Scenario::Introspect => {
+                let t = rng.gen_range(0..shared);
+                conn.introspect(TokenRef::Shared(t)).await;
+            }
         }
     }
     Ok(conn.out)
@@ -1233,39 +1300,47 @@ impl Conn<'_> {
                 }
                 None => self.mixed_charge(token, state).await,
             },
-            70..95 => {
-                let auth = match token {
-                    TokenRef::Shared(i) => ctx.token_auth.get(i).cloned(),
-                    TokenRef::Issued(_) => self.token_secret(token).and_then(|s| bearer(s).ok()),
-                };
-                if let Some(auth) = auth {
-                    self.exchange(Op::Introspect, HttpMethod::GET, &ctx.self_url, &auth, None)
-                        .await;
-                }
-            }
-            _ => {
-                let (answer, _, _) = self
-                    .exchange(
-                        Op::Issue,
-                        HttpMethod::POST,
-                        &ctx.tokens_url,
-                        &ctx.orchestrator_auth,
-                        Some(ctx.issue_body.clone()),
-                    )
-                    .await;
-                if let Answer::Success(bytes) = answer {
-                    if let Ok(t) = serde_json::from_slice::<Issued>(&bytes) {
-                        self.out.issued.push((
-                            BenchToken {
-                                id: t.id,
-                                secret: t.token,
-                                credential: 0,
-                                cap: CAP_UNREACHABLE,
-                            },
-                            Tally::default(),
-                        ));
-                    }
-                }
+            70..95 => self.introspect(token).await,
+            _ => self.issue().await,
+        }
+    }
+
+    /// `GET /v1/tokens/self` with `token`.
+    async fn introspect(&mut self, token: TokenRef) {
+        let ctx = self.ctx;
+        let auth = match token {
+            TokenRef::Shared(i) => ctx.token_auth.get(i).cloned(),
+            TokenRef::Issued(_) => self.token_secret(token).and_then(|s| bearer(s).ok()),
+        };
+        if let Some(auth) = auth {
+            self.exchange(Op::Introspect, HttpMethod::GET, &ctx.self_url, &auth, None)
+                .await;
+        }
+    }
+
+    /// Issues a token (lifetime cap out of reach), kept for verification.
+    async fn issue(&mut self) {
+        let ctx = self.ctx;
+        let (answer, _, _) = self
+            .exchange(
+                Op::Issue,
+                HttpMethod::POST,
+                &ctx.tokens_url,
+                &ctx.orchestrator_auth,
+                Some(ctx.issue_body.clone()),
+            )
+            .await;
+        if let Answer::Success(bytes) = answer {
+            if let Ok(t) = serde_json::from_slice::<Issued>(&bytes) {
+                self.out.issued.push((
+                    BenchToken {
+                        id: t.id,
+                        secret: t.token,
+                        credential: 0,
+                        cap: CAP_UNREACHABLE,
+                    },
+                    Tally::default(),
+                ));
             }
         }
     }
