@@ -110,6 +110,7 @@ cases![
     settlement_and_payouts_through_upkeep,
     events_and_deliveries,
     concurrent_claims_never_share_a_delivery,
+    a_long_backlog_does_not_starve_other_endpoints,
     audit_chain_stays_linear_under_concurrency,
 ];
 
@@ -513,14 +514,20 @@ mod cases {
             Some(hash_secret("sk_admin_x"))
         );
         assert_eq!(s.clock_offset().await.unwrap(), 0);
-        s.set_clock_offset(3 * DAY).await.unwrap();
+        assert_eq!(s.advance_clock_offset(3 * DAY).await.unwrap(), 3 * DAY);
         assert_eq!(s.clock_offset().await.unwrap(), 3 * DAY);
+        // Two advances at once both count (nodes share one clock).
+        let (a, b) = tokio::join!(s.advance_clock_offset(10), s.advance_clock_offset(10));
+        let mut seen = [a.unwrap(), b.unwrap()];
+        seen.sort_unstable();
+        assert_eq!(seen, [3 * DAY + 10, 3 * DAY + 20]);
+        assert_eq!(s.clock_offset().await.unwrap(), 3 * DAY + 20);
         let w = s.write_stats();
         assert!(w.groups >= 1 && w.operations >= w.groups, "{w:?}");
         let v = assert_audit_valid(s).await;
         assert_eq!(
-            v.records, 6,
-            "two keys created, two re-wrapped, admin key, clock"
+            v.records, 8,
+            "two keys created, two re-wrapped, admin key, three clock advances"
         );
     }
 
@@ -1249,6 +1256,7 @@ mod cases {
                 new_charge(&fx, &token, 900, true),
                 "insufficient_funds",
                 NOW,
+                None,
             )
             .await
             .unwrap();
@@ -1712,6 +1720,61 @@ mod cases {
             }
         }
         assert_eq!(total, 60, "every delivery claimed exactly once");
+    }
+
+    pub async fn a_long_backlog_does_not_starve_other_endpoints(s: Shared) {
+        let fx = fixture(s.as_ref()).await;
+        let endpoint = |url: &str| NewWebhookEndpoint {
+            endpoint: WebhookEndpoint {
+                id: new_id("we"),
+                owner: Owner::Provider(fx.provider.clone()),
+                url: url.to_owned(),
+                enabled_events: vec!["*".into()],
+                description: None,
+                status: "enabled".into(),
+                created: NOW,
+            },
+            sealed_secret: Sealed {
+                key_id: "dk_test".into(),
+                nonce: vec![4; 12],
+                ciphertext: vec![5; 40],
+            },
+        };
+        let busy = s
+            .create_webhook_endpoint(endpoint("http://127.0.0.1:9/busy"), None)
+            .await
+            .unwrap();
+        let (token, _) = issue(
+            s.as_ref(),
+            &fx,
+            Issue {
+                cap: 1_000_000,
+                ..Default::default()
+            },
+        )
+        .await;
+        // A backlog longer than a claim looks at, all due before the other
+        // endpoint's one delivery.
+        for _ in 0..80 {
+            charge(s.as_ref(), &fx, &token, 100, true).await;
+        }
+        let quiet = s
+            .create_webhook_endpoint(endpoint("http://127.0.0.1:9/quiet"), None)
+            .await
+            .unwrap();
+        charge(s.as_ref(), &fx, &token, 100, true).await;
+        let real_now = scrip_server::clock::system_now() + 1;
+        let jobs = s
+            .claim_deliveries(real_now, 7, HashMap::new())
+            .await
+            .unwrap();
+        let per = |id: &str| jobs.iter().filter(|j| j.endpoint_id == id).count();
+        assert_eq!(
+            per(&busy.id),
+            limits::WEBHOOK_IN_FLIGHT_PER_ENDPOINT_MAX,
+            "the busy endpoint gets its share"
+        );
+        assert_eq!(per(&quiet.id), 1, "and the other one is not crowded out");
     }
 
     pub async fn audit_chain_stays_linear_under_concurrency(s: Shared) {

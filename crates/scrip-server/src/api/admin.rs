@@ -378,8 +378,7 @@ pub async fn advance_clock(
             ),
         ));
     }
-    let offset = state.clock.offset_secs().saturating_add(seconds);
-    state.store.set_clock_offset(offset).await?;
+    let offset = state.store.advance_clock_offset(seconds).await?;
     state.clock.set_offset_secs(offset);
     let now = state.clock.now();
     // Everything that came due while the clock jumped, in bounded rounds.

@@ -124,7 +124,7 @@ pub async fn create_charge(
                     now,
                 )
             };
-            let Some(ctx) = st.store.charge_context(token_hash, now).await? else {
+            let Some(mut ctx) = st.store.charge_context(token_hash, now).await? else {
                 refused(None, "token_invalid").await?;
                 return Err(token_invalid());
             };
@@ -138,7 +138,20 @@ pub async fn create_charge(
                 currency,
                 amount,
             };
-            if let Err(refusal) = token::authorize(&ctx.chain, &request, now) {
+            let mut decision = token::authorize(&ctx.chain, &request, now);
+            if matches!(decision, Err(Refusal::CapExceeded { .. }))
+                && ctx.chain.iter().any(|link| link.spend.pending > 0)
+            {
+                // Holds past their capture window no longer count, but the
+                // sweep may not have released them yet: release them now
+                // and decide on what is left.
+                st.store.upkeep(now, false).await?;
+                if let Some(fresh) = st.store.charge_context(token_hash, now).await? {
+                    ctx = fresh;
+                    decision = token::authorize(&ctx.chain, &request, now);
+                }
+            }
+            if let Err(refusal) = decision {
                 if refusal == Refusal::ScopeMismatch {
                     // A token presented to the wrong provider has leaked:
                     // revoke it (and its descendants) before answering.
@@ -172,10 +185,16 @@ pub async fn create_charge(
             let authorization = match authorization {
                 Ok(a) => a,
                 Err(decline) => {
-                    // A declined charge is kept (status `failed`) and spends nothing.
-                    st.store.record_decline(new, decline.code(), now).await?;
+                    // A declined charge is kept (status `failed`) and spends
+                    // nothing; under an idempotency key the decline is the
+                    // remembered answer, so a retry does not ask the network
+                    // (or record a failed charge) again.
+                    let code = decline.code();
+                    let error = ApiError::declined(decline);
+                    let idem = idem.map(|w| super::idempotency::remembering_error(&st, w, &error));
+                    st.store.record_decline(new, code, now, idem).await?;
                     st.metrics.observe_charge("declined");
-                    return Err(ApiError::declined(decline));
+                    return Err(error);
                 }
             };
             match st.store.create_charge(new, now, idem).await {

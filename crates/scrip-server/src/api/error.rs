@@ -259,8 +259,9 @@ impl From<VaultError> for ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The response body: `{"error":{…}}`.
+    pub fn body_bytes(&self) -> Vec<u8> {
         let body = Body {
             error: Inner {
                 kind: self.kind,
@@ -270,7 +271,13 @@ impl IntoResponse for ApiError {
                 decline_code: self.decline_code,
             },
         };
-        let bytes = serde_json::to_vec(&body).unwrap_or_else(|_| b"{\"error\":{\"type\":\"api_error\",\"code\":\"internal_error\",\"message\":\"error\"}}".to_vec());
+        serde_json::to_vec(&body).unwrap_or_else(|_| b"{\"error\":{\"type\":\"api_error\",\"code\":\"internal_error\",\"message\":\"error\"}}".to_vec())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let bytes = self.body_bytes();
         let mut response = (self.status, bytes).into_response();
         response.headers_mut().insert(
             axum::http::header::CONTENT_TYPE,

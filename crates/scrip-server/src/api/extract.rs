@@ -130,7 +130,9 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     }
 }
 
-/// The request's Idempotency-Key, if sent: 1 to 255 visible ASCII characters.
+/// The request's Idempotency-Key, if sent: 1 to 255 printable ASCII
+/// characters (spaces included; a header value holds nothing else that
+/// every client can send).
 pub fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(v) = headers.get("idempotency-key") else {
         return Ok(None);
@@ -141,7 +143,7 @@ pub fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<String>
         .filter(|k| {
             !k.is_empty()
                 && k.len() <= limits::IDEMPOTENCY_KEY_LEN_MAX
-                && k.bytes().all(|b| b.is_ascii_graphic())
+                && k.bytes().all(|b| b == b' ' || b.is_ascii_graphic())
         })
         .ok_or_else(|| {
             ApiError::new(
@@ -149,7 +151,7 @@ pub fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<String>
                 INVALID_REQUEST,
                 "parameter_invalid",
                 format!(
-                    "The Idempotency-Key header must be 1 to {} visible ASCII characters.",
+                    "The Idempotency-Key header must be 1 to {} printable ASCII characters.",
                     limits::IDEMPOTENCY_KEY_LEN_MAX
                 ),
             )

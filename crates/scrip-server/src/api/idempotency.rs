@@ -98,6 +98,30 @@ fn replay(
     Ok(r)
 }
 
+/// The same idempotent write, remembering `error` as the response instead
+/// of a `T`: for an operation whose refusal is itself an effect (a declined
+/// charge is kept as a `failed` charge), so a retry replays the refusal
+/// rather than doing it again.
+pub fn remembering_error<T>(
+    state: &AppState,
+    write: IdemWrite<T>,
+    error: &ApiError,
+) -> IdemWrite<T> {
+    let vault = state.vault.clone();
+    let context = seal_context(&write.actor, &write.key);
+    let status = error.status.as_u16();
+    let body = error.body_bytes();
+    IdemWrite {
+        render: Box::new(move |_: &T| {
+            let sealed = vault
+                .seal(&body, &context)
+                .map_err(|e| StoreError::Database(e.to_string()))?;
+            Ok((status, sealed))
+        }),
+        ..write
+    }
+}
+
 /// Runs a write `op` under the request's idempotency key (if any) and
 /// answers with `view` of its result. `view` renders the response body;
 /// the same bytes are sealed and remembered with the effect.

@@ -119,7 +119,9 @@ pub trait Store: Send + Sync + 'static {
     async fn admin_key_hash(&self) -> StoreResult<Option<SecretHash>>;
     async fn set_admin_key_hash(&self, hash: SecretHash) -> StoreResult<()>;
     async fn clock_offset(&self) -> StoreResult<i64>;
-    async fn set_clock_offset(&self, offset_secs: i64) -> StoreResult<()>;
+    /// Moves the test clock's offset forward by `seconds`, atomically (two
+    /// nodes advancing at once both count), and returns the new offset.
+    async fn advance_clock_offset(&self, seconds: i64) -> StoreResult<i64>;
 
     // --- authentication and idempotency -----------------------------------
     /// The principal a secret belongs to, if it is known and usable.
@@ -254,12 +256,14 @@ pub trait Store: Send + Sync + 'static {
     /// Records a refused charge attempt in the audit log.
     async fn record_refusal(&self, attempt: ChargeAttempt, now: UnixSecs) -> StoreResult<()>;
     /// Records a charge the card network declined: a `failed` charge that
-    /// spends nothing, a `charge.failed` event and an audit record.
+    /// spends nothing, a `charge.failed` event and an audit record (and,
+    /// with `idem`, the decline as the key's remembered response).
     async fn record_decline(
         &self,
         new: NewCharge,
         decline_code: &str,
         now: UnixSecs,
+        idem: Option<IdemWrite<Charge>>,
     ) -> StoreResult<Charge>;
     /// Decides the charge again against the current spend of the token and
     /// every ancestor and, if it passes, records it: one atomic step.

@@ -1912,16 +1912,33 @@ impl Store for PgStore {
         .await
     }
 
-    async fn set_clock_offset(&self, offset_secs: i64) -> StoreResult<()> {
-        self.write(offset_secs, None, |tx, offset_secs| {
+    async fn advance_clock_offset(&self, seconds: i64) -> StoreResult<i64> {
+        self.write(seconds, None, |tx, seconds| {
             Box::pin(async move {
-                set_meta(tx, "clock_offset_secs", &offset_secs.to_be_bytes()).await?;
+                // The row lock serializes advances from every node.
+                tx.execute(
+                    "INSERT INTO meta (key, value) VALUES ('clock_offset_secs', $1) ON CONFLICT (key) DO NOTHING",
+                    &[&0i64.to_be_bytes().to_vec()],
+                )
+                .await?;
+                let row = tx
+                    .query_one(
+                        "SELECT value FROM meta WHERE key = 'clock_offset_secs' FOR UPDATE",
+                        &[],
+                    )
+                    .await?;
+                let current: Vec<u8> = row.try_get(0)?;
+                let offset = <[u8; 8]>::try_from(current.as_slice())
+                    .map(i64::from_be_bytes)
+                    .unwrap_or(0)
+                    .saturating_add(*seconds);
+                set_meta(tx, "clock_offset_secs", &offset.to_be_bytes()).await?;
                 tx.audit_ok(
                     "test_clock.advanced",
-                    &offset_secs.to_string(),
-                    crate::clock::system_now().saturating_add(*offset_secs),
+                    &offset.to_string(),
+                    crate::clock::system_now().saturating_add(offset),
                 );
-                Ok(())
+                Ok(offset)
             })
         })
         .await
@@ -2744,9 +2761,10 @@ impl Store for PgStore {
         new: NewCharge,
         decline_code: &str,
         now: UnixSecs,
+        idem: Option<IdemWrite<Charge>>,
     ) -> StoreResult<Charge> {
         let args = (new, decline_code.to_owned(), now);
-        self.write(args, None, |tx, (new, decline_code, now)| {
+        self.write(args, idem, |tx, (new, decline_code, now)| {
             Box::pin(async move {
                 let (customer_id, payment_method_id, brand, last4) =
                     charge_card(tx, &new.token_id).await?;

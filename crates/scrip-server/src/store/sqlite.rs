@@ -1182,16 +1182,22 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn set_clock_offset(&self, offset_secs: i64) -> StoreResult<()> {
+    async fn advance_clock_offset(&self, seconds: i64) -> StoreResult<i64> {
         self.write(
             move |conn| {
-                set_meta(conn, "clock_offset_secs", &offset_secs.to_be_bytes())?;
+                let offset = get_meta(conn, "clock_offset_secs")?
+                    .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+                    .map(i64::from_be_bytes)
+                    .unwrap_or(0)
+                    .saturating_add(seconds);
+                set_meta(conn, "clock_offset_secs", &offset.to_be_bytes())?;
                 outbox::audit_ok(
                     conn,
                     "test_clock.advanced",
-                    &offset_secs.to_string(),
-                    crate::clock::system_now().saturating_add(offset_secs),
-                )
+                    &offset.to_string(),
+                    crate::clock::system_now().saturating_add(offset),
+                )?;
+                Ok(offset)
             },
             None,
         )
@@ -1916,6 +1922,7 @@ impl Store for SqliteStore {
         new: NewCharge,
         decline_code: &str,
         now: UnixSecs,
+        idem: Option<IdemWrite<Charge>>,
     ) -> StoreResult<Charge> {
         let decline_code = decline_code.to_owned();
         self.write(
@@ -1956,7 +1963,7 @@ impl Store for SqliteStore {
                 emit_charge(conn, "charge.failed", &charge, now)?;
                 Ok(charge)
             },
-            None,
+            idem,
         )
         .await
     }

@@ -435,6 +435,51 @@ async fn network_declines_spend_nothing() {
 }
 
 #[tokio::test]
+async fn a_declined_charge_retried_with_its_key_is_replayed_not_declined_again() {
+    let w = World::new().await;
+    let pm = w.app.card(&w.orch, "4000000000009995").await;
+    let (_, token) = w.app.token(&w.orch, &pm, &w.provider, json!({})).await;
+    let body = json!({ "token": token, "amount": 700, "currency": "usd" });
+    let first = w
+        .app
+        .post_idem(
+            "/v1/charges",
+            &w.provider_secret,
+            body.clone(),
+            "order-declined",
+        )
+        .await;
+    first.err(402, "card_error", "card_declined");
+    assert_eq!(first.body["error"]["decline_code"], "insufficient_funds");
+    assert!(first.headers.get("idempotent-replayed").is_none());
+    let again = w
+        .app
+        .post_idem("/v1/charges", &w.provider_secret, body, "order-declined")
+        .await;
+    again.err(402, "card_error", "card_declined");
+    assert_eq!(again.body, first.body, "the same answer");
+    assert_eq!(
+        again
+            .headers
+            .get("idempotent-replayed")
+            .map(|v| v.as_bytes()),
+        Some(&b"true"[..])
+    );
+    let charges = w.app.get("/v1/charges", &w.provider_secret).await.ok();
+    assert_eq!(
+        charges["data"].as_array().map(Vec::len),
+        Some(1),
+        "one failed charge, not two: {charges}"
+    );
+    let events = w
+        .app
+        .get("/v1/events?type=charge.failed", &w.provider_secret)
+        .await
+        .ok();
+    assert_eq!(events["data"].as_array().map(Vec::len), Some(1), "{events}");
+}
+
+#[tokio::test]
 async fn token_errors() {
     let w = World::new().await;
     let app = &w.app;

@@ -243,10 +243,21 @@ pub(super) async fn claim(
              FROM deliveries d JOIN webhook_endpoints w ON w.id = d.endpoint_id
              JOIN events ev ON ev.id = d.event_id
              WHERE d.status = 'pending' AND d.next_attempt_at <= $1
-               AND (d.locked_until IS NULL OR d.locked_until <= $1) AND NOT w.deleted
-             ORDER BY d.next_attempt_at LIMIT $2
+               AND (d.locked_until IS NULL OR d.locked_until <= $1)
+               -- (repeated on the row itself: a row another claim locked
+               -- meanwhile is re-checked against these, not the subquery's)
+               AND d.id IN (
+                 SELECT id FROM (
+                     SELECT id, next_attempt_at, ROW_NUMBER() OVER (
+                         PARTITION BY endpoint_id ORDER BY next_attempt_at, seq) AS place
+                     FROM deliveries
+                     WHERE status = 'pending' AND next_attempt_at <= $1
+                       AND (locked_until IS NULL OR locked_until <= $1)) AS due
+                 WHERE place <= $3 ORDER BY next_attempt_at LIMIT $2)
+               AND NOT w.deleted
+             ORDER BY d.next_attempt_at
              FOR UPDATE OF d SKIP LOCKED",
-            &[&real_now, &((limit * 8 + 16) as i64)],
+            &[&real_now, &((limit * 8 + 16) as i64), &PER_ENDPOINT_CANDIDATES],
         )
         .await?;
     let mut taken: HashMap<String, usize> = in_flight.clone();
@@ -285,6 +296,11 @@ pub(super) async fn claim(
     }
     Ok(jobs)
 }
+
+/// Candidates one claim considers per endpoint: its share of slots, so an
+/// endpoint with a long backlog cannot crowd every other one out of the
+/// candidates (and so out of delivery).
+const PER_ENDPOINT_CANDIDATES: i64 = scrip_core::limits::WEBHOOK_IN_FLIGHT_PER_ENDPOINT_MAX as i64;
 
 pub(super) async fn record_attempt(
     tx: &Tx,
