@@ -34,8 +34,8 @@ use serde_json::Value;
 
 pub use error::{ApiError, Error};
 pub use params::{
-    CardParams, ChargeParams, CustomerParams, EventListParams, TokenParams, WebhookEndpointParams,
-    WebhookEndpointUpdate,
+    CardParams, ChargeParams, CustomerParams, DeriveParams, EventListParams, TokenParams,
+    WebhookEndpointParams, WebhookEndpointUpdate,
 };
 pub use types::{
     Amount, AuditEvent, AuditVerification, Balance, BalanceMismatch, Cap, Card, Charge, ChargeCard,
@@ -366,6 +366,12 @@ impl Client {
     /// token itself.
     pub async fn token_self(&self) -> Result<TokenSelf, Error> {
         self.get("/v1/tokens/self").await
+    }
+
+    /// `POST /v1/tokens/self/derive`: the bearer secret must be the parent
+    /// `scrip_pt_…` token; the child's `token` is in the response only.
+    pub async fn derive_token(&self, params: &DeriveParams) -> Result<PaymentToken, Error> {
+        self.post("/v1/tokens/self/derive", &params.body()).await
     }
 
     // --- charges and refunds (provider) --------------------------------------

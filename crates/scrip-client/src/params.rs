@@ -121,6 +121,45 @@ impl TokenParams {
     }
 }
 
+/// `POST /v1/tokens/self/derive` (the parent token as the bearer secret):
+/// a narrower child. Left out, `usage`, `max_per_charge` and `expires_at`
+/// are the parent's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeriveParams {
+    /// The child's cap in the currency's minor unit (at most the parent's).
+    pub cap_amount: i64,
+    /// `day`, `week`, `month`, `year` or `none`.
+    pub period: String,
+    pub usage: Option<String>,
+    pub max_per_charge: Option<i64>,
+    pub expires_at: Option<i64>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct DeriveBody<'a> {
+    cap: CapBody<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_per_charge: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_at: Option<i64>,
+}
+
+impl DeriveParams {
+    pub(crate) fn body(&self) -> DeriveBody<'_> {
+        DeriveBody {
+            cap: CapBody {
+                amount: self.cap_amount,
+                period: &self.period,
+            },
+            usage: self.usage.as_deref(),
+            max_per_charge: self.max_per_charge,
+            expires_at: self.expires_at,
+        }
+    }
+}
+
 /// `POST /v1/charges` (provider).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ChargeParams {

@@ -2,7 +2,7 @@
 //! `credentials`, `providers`, `ledger`, `audit`), the orchestrator
 //! (`cards`, `tokens`), the provider (`charges`, `refunds`, `balance`,
 //! `payouts`), orchestrators and providers alike (`events`, `webhooks`) and
-//! the agent (`tokens inspect-self`).
+//! the agent (`tokens inspect-self`, `tokens derive`).
 //!
 //! Every command takes the same connection options (`--url`, `--api-key`,
 //! `--json`). Output is a key/value layout or a table for people, or the
@@ -20,9 +20,9 @@ use clap::{Args, Subcommand};
 use scrip_client::webhook::{self, VerifyError};
 use scrip_client::{
     AuditEvent, AuditVerification, Balance, CardParams, Charge, ChargeParams, Client, Credential,
-    Customer, CustomerParams, Delivery, Event, EventListParams, LedgerReport, LedgerVerification,
-    List, PaymentMethod, PaymentToken, Payout, Provider, Refund, Spend, TokenParams, TokenSelf,
-    WebhookEndpoint, WebhookEndpointParams, WebhookEndpointUpdate,
+    Customer, CustomerParams, Delivery, DeriveParams, Event, EventListParams, LedgerReport,
+    LedgerVerification, List, PaymentMethod, PaymentToken, Payout, Provider, Refund, Spend,
+    TokenParams, TokenSelf, WebhookEndpoint, WebhookEndpointParams, WebhookEndpointUpdate,
 };
 use scrip_core::money::Currency;
 use scrip_core::webhook::EVENT_TYPES;
@@ -313,6 +313,27 @@ pub enum TokensCommand {
     },
     /// As the agent: what the token in --api-key (scrip_pt_…) allows.
     InspectSelf {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// As the agent: derive a narrower child of the token in --api-key
+    /// (scrip_pt_…) for a sub-agent; its token is printed once.
+    Derive {
+        /// The child's cap per period, in minor units (at most the parent's).
+        #[arg(long)]
+        cap: i64,
+        /// The child's cap period.
+        #[arg(long, value_parser = ["day", "week", "month", "year", "none"])]
+        period: String,
+        /// multi_use or single_use [default: the parent's].
+        #[arg(long, value_parser = ["multi_use", "single_use"])]
+        usage: Option<String>,
+        /// Largest single charge, in minor units [default: the parent's].
+        #[arg(long)]
+        max_per_charge: Option<i64>,
+        /// Expiry as Unix seconds [default: the parent's; never later].
+        #[arg(long)]
+        expires_at: Option<i64>,
         #[command(flatten)]
         conn: Conn,
     },
@@ -829,6 +850,26 @@ async fn tokens(command: TokensCommand) -> anyhow::Result<()> {
         TokensCommand::InspectSelf { conn } => {
             let t = conn.client()?.token_self().await?;
             emit(&conn, &t, show_token_self)
+        }
+        TokensCommand::Derive {
+            cap,
+            period,
+            usage,
+            max_per_charge,
+            expires_at,
+            conn,
+        } => {
+            let params = DeriveParams {
+                cap_amount: cap,
+                period,
+                usage,
+                max_per_charge,
+                expires_at,
+            };
+            let t = conn.client()?.derive_token(&params).await?;
+            emit(&conn, &t, show_token)?;
+            once_note(&conn, t.token.is_some());
+            Ok(())
         }
     }
 }
