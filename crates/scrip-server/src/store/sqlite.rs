@@ -238,11 +238,9 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     // FULL: a commit is on disk (WAL fsynced) before COMMIT returns.
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
-    // A page cache large enough for the hot indexes (negative: KiB), and
-    // the database file mapped so that pages another connection changed are
-    // mapped rather than copied in again.
+    // A page cache for the hot indexes (negative: KiB). Larger is not
+    // faster: SQLite walks the whole cache when a transaction ends.
     conn.pragma_update(None, "cache_size", -limits::SQLITE_CACHE_KIB)?;
-    conn.pragma_update(None, "mmap_size", limits::SQLITE_MMAP_BYTES)?;
     conn.set_prepared_statement_cache_capacity(128);
     Ok(conn)
 }
