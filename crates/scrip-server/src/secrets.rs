@@ -216,6 +216,6 @@ mod tests {
     fn ids_carry_their_prefix() {
         let id = new_id("pt");
         assert!(id.starts_with("pt_"));
-        assert_eq!(id.len(), 3 + ID_RANDOM_CHARS);
+        assert_eq!(id.len(), 3 + ID_CHARS);
     }
 }
