@@ -216,6 +216,64 @@ BEGIN
 END
 $$;
 "#,
+    r#"
+-- Balances are kept in shards: a transaction adds to one shard of each
+-- account it touches, so charges against one provider (and the accounts of
+-- the card network and the fees, which every charge touches) do not all
+-- wait for one row. A balance is the sum of its shards.
+ALTER TABLE ledger_balances ADD COLUMN shard SMALLINT NOT NULL DEFAULT 0;
+ALTER TABLE ledger_balances DROP CONSTRAINT ledger_balances_pkey;
+ALTER TABLE ledger_balances ADD PRIMARY KEY (account, currency, shard);
+CREATE VIEW ledger_balance_totals AS
+    SELECT account, currency, SUM(posted)::BIGINT AS posted, SUM(pending)::BIGINT AS pending
+    FROM ledger_balances GROUP BY account, currency;
+-- Audit records are written with their change into audit_pending (no row
+-- every transaction waits for), and linked onto the hash chain in the
+-- order they are taken, by scrip_audit_chain: every node runs it every few
+-- hundred milliseconds, and before the chain is listed or verified.
+CREATE TABLE audit_pending (
+    pseq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id TEXT NOT NULL, created BIGINT NOT NULL, actor TEXT NOT NULL, request_id TEXT,
+    action TEXT NOT NULL, object_id TEXT NOT NULL, outcome TEXT NOT NULL, code TEXT);
+CREATE FUNCTION scrip_audit_chain(p_max INT) RETURNS BIGINT
+LANGUAGE plpgsql AS $$
+DECLARE
+    head_seq BIGINT;
+    head_hash BYTEA;
+    prev BYTEA;
+    r RECORD;
+    n BIGINT := 0;
+BEGIN
+    SELECT seq, hash INTO head_seq, head_hash FROM audit_head WHERE id = 1 FOR UPDATE;
+    FOR r IN SELECT * FROM audit_pending ORDER BY pseq LIMIT p_max LOOP
+        head_seq := head_seq + 1;
+        prev := head_hash;
+        head_hash := sha256(
+            convert_to('scrip audit v1', 'UTF8')
+            || scrip_audit_field(int8send(head_seq))
+            || scrip_audit_field(convert_to(r.id, 'UTF8'))
+            || scrip_audit_field(int8send(r.created))
+            || scrip_audit_field(convert_to(r.actor, 'UTF8'))
+            || scrip_audit_field(convert_to(coalesce(r.request_id, ''), 'UTF8'))
+            || scrip_audit_field(convert_to(r.action, 'UTF8'))
+            || scrip_audit_field(convert_to(r.object_id, 'UTF8'))
+            || scrip_audit_field(convert_to(r.outcome, 'UTF8'))
+            || scrip_audit_field(convert_to(coalesce(r.code, ''), 'UTF8'))
+            || prev);
+        INSERT INTO audit_events (seq, id, created, actor, request_id, action, object_id, outcome,
+            code, prev_hash, hash)
+        VALUES (head_seq, r.id, r.created, r.actor, r.request_id, r.action, r.object_id,
+            r.outcome, r.code, prev, head_hash);
+        DELETE FROM audit_pending WHERE pseq = r.pseq;
+        n := n + 1;
+    END LOOP;
+    IF n > 0 THEN
+        UPDATE audit_head SET seq = head_seq, hash = head_hash WHERE id = 1;
+    END IF;
+    RETURN n;
+END
+$$;
+"#,
 ];
 
 /// Connections per node.
@@ -361,7 +419,13 @@ pub(super) struct Tx {
     ledger: LedgerConfig,
     audit: Mutex<Vec<PendingAudit>>,
     balances: Mutex<Balances>,
+    /// The one shard of `ledger_balances` this transaction adds to (one per
+    /// transaction, so two transactions never lock shards in two orders).
+    shard: i16,
 }
+
+/// Shards of each balance in `ledger_balances`.
+const BALANCE_SHARDS: i16 = 16;
 
 /// Queued balance changes: (account, currency) → (posted, pending).
 type Balances = BTreeMap<(String, &'static str), (i64, i64)>;
@@ -392,6 +456,7 @@ impl Tx {
             ledger,
             audit: Mutex::new(Vec::new()),
             balances: Mutex::new(BTreeMap::new()),
+            shard: rand::Rng::gen_range(&mut rand::thread_rng(), 0..BALANCE_SHARDS),
         }
     }
 
@@ -555,6 +620,7 @@ impl Tx {
                             &balances.currencies,
                             &balances.posted,
                             &balances.pending,
+                            &this.shard,
                         ],
                     )
                     .await?;
@@ -593,18 +659,30 @@ const REMEMBER_RESPONSE: &str =
      WHERE actor = $1 AND key = $2";
 
 /// Adds to materialized balances, in the order given (key order).
-const UPSERT_BALANCES: &str = "INSERT INTO ledger_balances (account, currency, posted, pending)
-     SELECT a, c, p, q FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[])
+const UPSERT_BALANCES: &str =
+    "INSERT INTO ledger_balances (account, currency, shard, posted, pending)
+     SELECT a, c, $5::smallint, p, q FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[])
        WITH ORDINALITY AS u(a, c, p, q, n) ORDER BY n
-     ON CONFLICT (account, currency) DO UPDATE SET
+     ON CONFLICT (account, currency, shard) DO UPDATE SET
        posted = ledger_balances.posted + excluded.posted,
        pending = ledger_balances.pending + excluded.pending";
 
-/// Appends audit records to the chain (see `scrip_audit_append` in the
-/// migrations: it locks the head and hashes each record as
-/// `common::audit_hash` does).
-const APPEND_AUDIT: &str = "SELECT scrip_audit_append($1::text[], $2::bigint[], $3::text, $4::text,
-       $5::text[], $6::text[], $7::text[], $8::text[])";
+/// Writes audit records to `audit_pending`, with the change they record;
+/// [`CHAIN_AUDIT`] links them onto the chain.
+const APPEND_AUDIT: &str =
+    "INSERT INTO audit_pending (id, created, actor, request_id, action, object_id, outcome, code)
+     SELECT i, c, $3::text, $4::text, a, o, u, k
+     FROM unnest($1::text[], $2::bigint[], $5::text[], $6::text[], $7::text[], $8::text[])
+       WITH ORDINALITY AS t(i, c, a, o, u, k, n) ORDER BY n";
+
+/// Links up to `$1` pending audit records onto the hash chain (see
+/// `scrip_audit_chain` in the migrations: it locks the head and hashes each
+/// record as `common::audit_hash` does); returns how many it linked.
+const CHAIN_AUDIT: &str = "SELECT scrip_audit_chain($1)";
+/// Pending audit records one chaining statement links at most.
+const CHAIN_AUDIT_BATCH: i32 = 5_000;
+/// How often each node links pending audit records onto the chain.
+const CHAIN_AUDIT_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Queued balance changes as statement arrays, in key order.
 struct BalanceArrays {
@@ -687,10 +765,35 @@ async fn upsert_balances(tx: &Tx, queued: Balances) -> PgResult<()> {
     let b = BalanceArrays::from(queued);
     tx.execute(
         UPSERT_BALANCES,
-        &[&b.accounts, &b.currencies, &b.posted, &b.pending],
+        &[&b.accounts, &b.currencies, &b.posted, &b.pending, &tx.shard],
     )
     .await?;
     Ok(())
+}
+
+/// Links pending audit records onto the chain every
+/// [`CHAIN_AUDIT_INTERVAL`] until the store is dropped. Nodes running it at
+/// once take turns on the chain head.
+async fn chain_audit_loop(pool: Pool, alive: std::sync::Weak<()>) {
+    let mut tick = tokio::time::interval(CHAIN_AUDIT_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while alive.strong_count() > 0 {
+        tick.tick().await;
+        if alive.strong_count() == 0 {
+            break;
+        }
+        let result = match pool.get().await {
+            Ok(client) => client
+                .query_one(CHAIN_AUDIT, &[&CHAIN_AUDIT_BATCH])
+                .await
+                .map(|_| ())
+                .map_err(|e| describe_pg_error(&e)),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "linking audit records onto the chain failed; retrying");
+        }
+    }
 }
 
 /// The PostgreSQL store.
@@ -700,6 +803,8 @@ pub struct PgStore {
     /// Where it connects (no password), for error messages.
     target: String,
     committed: AtomicU64,
+    /// The audit chaining task runs while this lives.
+    _chaining: std::sync::Arc<()>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -774,14 +879,34 @@ impl PgStore {
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(|e| StoreError::Database(format!("cannot build the connection pool: {e}")))?;
+        let alive = std::sync::Arc::new(());
         let store = PgStore {
-            pool,
+            pool: pool.clone(),
             ledger,
             target,
             committed: AtomicU64::new(0),
+            _chaining: alive.clone(),
         };
         store.migrate().await?;
+        tokio::spawn(chain_audit_loop(pool, std::sync::Arc::downgrade(&alive)));
         Ok(store)
+    }
+
+    /// Links every pending audit record onto the chain (before it is
+    /// listed or verified).
+    async fn chain_audit(&self) -> StoreResult<()> {
+        loop {
+            let client = self.client().await.map_err(Fail::into_store)?;
+            let linked: i64 = client
+                .query_one(CHAIN_AUDIT, &[&CHAIN_AUDIT_BATCH])
+                .await
+                .map_err(|e| Fail::from(e).into_store())?
+                .try_get(0)
+                .map_err(|e| Fail::from(e).into_store())?;
+            if linked < i64::from(CHAIN_AUDIT_BATCH) {
+                return Ok(());
+            }
+        }
     }
 
     async fn client(&self) -> PgResult<Object> {
@@ -3564,6 +3689,7 @@ impl Store for PgStore {
     }
 
     async fn audit_events(&self, req: PageRequest) -> StoreResult<Page<AuditRecord>> {
+        self.chain_audit().await?;
         self.read(Mode::Snapshot, req, |tx, req| {
             Box::pin(async move {
                 page(
@@ -3579,6 +3705,7 @@ impl Store for PgStore {
     }
 
     async fn verify_audit(&self) -> StoreResult<AuditVerification> {
+        self.chain_audit().await?;
         self.read(Mode::Snapshot, (), |tx, ()| {
             Box::pin(outbox::verify_audit(tx))
         })

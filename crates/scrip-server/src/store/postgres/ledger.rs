@@ -207,7 +207,7 @@ pub(super) async fn balance(tx: &Tx, provider_id: &str) -> PgResult<Vec<BalanceL
     let pending = Account::ProviderPending(provider_id.to_owned()).key();
     let found = tx
         .query(
-            "SELECT account, currency, posted FROM ledger_balances WHERE account IN ($1, $2)",
+            "SELECT account, currency, posted FROM ledger_balance_totals WHERE account IN ($1, $2)",
             &[&available, &pending],
         )
         .await?;
@@ -239,7 +239,7 @@ async fn posted_balance(tx: &Tx, account: &Account, currency: Currency) -> PgRes
     tx.flush_balances().await?;
     Ok(tx
         .query_opt(
-            "SELECT posted FROM ledger_balances WHERE account = $1 AND currency = $2",
+            "SELECT posted FROM ledger_balance_totals WHERE account = $1 AND currency = $2",
             &[&account.key(), &currency.code()],
         )
         .await?
@@ -427,7 +427,7 @@ pub(super) async fn auto_payouts(tx: &Tx, now: UnixSecs) -> PgResult<usize> {
     tx.flush_balances().await?;
     let owed = tx
         .query(
-            "SELECT account, currency FROM ledger_balances
+            "SELECT account, currency FROM ledger_balance_totals
              WHERE account LIKE 'provider:%:available' AND posted < 0 ORDER BY account, currency",
             &[],
         )
@@ -497,7 +497,7 @@ pub(super) async fn verify(tx: &Tx) -> PgResult<LedgerVerification> {
     let mut stored: BTreeMap<(String, String), (i64, i64)> = BTreeMap::new();
     for r in &tx
         .query(
-            "SELECT account, currency, posted, pending FROM ledger_balances",
+            "SELECT account, currency, posted, pending FROM ledger_balance_totals",
             &[],
         )
         .await?
