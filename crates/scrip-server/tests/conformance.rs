@@ -1586,7 +1586,7 @@ mod cases {
         );
         // A resend re-arms it; an in-flight cap of the endpoint holds.
         assert_eq!(
-            s.resend_event(&e.id, EventFilter::default(), Some(owner.clone()))
+            s.resend_event(&e.id, EventFilter::default(), Some(owner.clone()), None)
                 .await
                 .unwrap(),
             1

@@ -134,12 +134,23 @@ pub async fn resend_event(
     let filter = event_scope(&caller)?;
     let owner = owner_of(&caller)?;
     body.value()?;
-    let queued = state.store.resend_event(&id, filter, owner).await?;
-    Ok(ok_json(&ResendView {
-        object: "event_resend",
-        event: &id,
-        deliveries_queued: queued,
-    }))
+    let store = state.store.clone();
+    let event = id.clone();
+    run(
+        &state,
+        &caller,
+        body.idempotency_key,
+        body.request_hash,
+        move |queued: &usize| {
+            to_json(&ResendView {
+                object: "event_resend",
+                event: &event,
+                deliveries_queued: *queued,
+            })
+        },
+        |idem| async move { Ok(store.resend_event(&id, filter, owner, idem).await?) },
+    )
+    .await
 }
 
 /// A webhook URL: http(s), a host, no credentials, bounded.

@@ -345,6 +345,7 @@ pub trait Store: Send + Sync + 'static {
         id: &str,
         filter: EventFilter,
         owner: Option<Owner>,
+        idem: Option<IdemWrite<usize>>,
     ) -> StoreResult<usize>;
     async fn create_webhook_endpoint(
         &self,

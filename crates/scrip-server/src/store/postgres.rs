@@ -3496,10 +3496,11 @@ impl Store for PgStore {
         id: &str,
         filter: EventFilter,
         owner: Option<Owner>,
+        idem: Option<IdemWrite<usize>>,
     ) -> StoreResult<usize> {
         self.write(
             (id.to_owned(), filter, owner),
-            None,
+            idem,
             |tx, (id, filter, owner)| {
                 Box::pin(async move {
                     let n = outbox::resend(tx, id, filter, owner.as_ref()).await?;

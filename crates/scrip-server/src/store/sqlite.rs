@@ -2430,6 +2430,7 @@ impl Store for SqliteStore {
         id: &str,
         filter: EventFilter,
         owner: Option<Owner>,
+        idem: Option<IdemWrite<usize>>,
     ) -> StoreResult<usize> {
         let id = id.to_owned();
         self.write(
@@ -2438,7 +2439,7 @@ impl Store for SqliteStore {
                 outbox::audit_ok(conn, "event.resent", &id, crate::clock::system_now())?;
                 Ok(n)
             },
-            None,
+            idem,
         )
         .await
     }

@@ -91,16 +91,26 @@ async fn signed_deliveries_reach_the_receiver() {
         .await
         .ok();
     assert_eq!(e, event);
+    let resend = format!("/v1/events/{id}/resend");
     let r = w
         .app
-        .post(
-            &format!("/v1/events/{id}/resend"),
-            &w.provider_secret,
-            json!({}),
-        )
+        .post_idem(&resend, &w.provider_secret, json!({}), "resend-1")
         .await
         .ok();
     assert_eq!(r["deliveries_queued"], 1);
+    // The same key again is a replay, not a second resend.
+    let again = w
+        .app
+        .post_idem(&resend, &w.provider_secret, json!({}), "resend-1")
+        .await;
+    assert_eq!(
+        again
+            .headers
+            .get("idempotent-replayed")
+            .map(|v| v.as_bytes()),
+        Some(&b"true"[..])
+    );
+    assert_eq!(again.ok(), r);
     let got = rx.wait_for(3).await;
     assert_eq!(verified(&got[2], &secret)["id"], id);
 }
