@@ -25,8 +25,8 @@ use clap::Args;
 use rand::distributions::Alphanumeric;
 use rand::Rng;
 use scrip_client::{
-    ApiError, BodyObserver, CardParams, ChargeParams, Client, CustomerParams, TokenParams,
-    TokenSelf,
+    ApiError, BodyObserver, CardParams, ChargeParams, Client, CustomerParams, DeriveParams,
+    TokenParams, TokenSelf,
 };
 use scrip_server::server::{self, Config};
 use serde::Deserialize;
@@ -389,6 +389,8 @@ struct World {
     other: Option<ProviderServer>,
     /// Every secret shown once: (what, secret).
     secrets: Vec<(&'static str, String)>,
+    /// Tokens the agent derived for a sub-agent (the agent may see these).
+    derived_tokens: Vec<String>,
 }
 
 impl World {
@@ -408,6 +410,7 @@ impl World {
             cloudflare: None,
             other: None,
             secrets: Vec::new(),
+            derived_tokens: Vec::new(),
         }
     }
 
@@ -434,7 +437,11 @@ impl World {
         self.agent_buys(&token1)
             .await
             .context("step 4 (the agent pays a provider) failed")?;
-        self.token_leaks(&token1)
+        let child = self
+            .sub_agent_buys(&token1)
+            .await
+            .context("step 4 (the agent hands a sub-agent a narrower token) failed")?;
+        self.token_leaks(&token1, &child)
             .await
             .context("step 5 (token presented to the wrong provider) failed")?;
         let token2 = self
@@ -701,8 +708,66 @@ impl World {
         Ok(())
     }
 
-    /// e) the same token at the wrong provider: refused and revoked.
-    async fn token_leaks(&self, token: &str) -> anyhow::Result<()> {
+    /// d') the agent derives a narrower child token for a sub-agent, which
+    /// buys a plan of its own: the spend counts against both tokens.
+    async fn sub_agent_buys(&mut self, token: &str) -> anyhow::Result<String> {
+        let say = self.say;
+        let agent = Agent::new(token.to_owned(), &self.scrip_url, &self.recorder);
+        say.line(
+            "agent: POST /v1/tokens/self/derive {\"cap\": {\"amount\": 1000, \"period\": \"day\"}} (a budget for a sub-agent, asking no one)",
+        );
+        let child = agent
+            .scrip
+            .derive_token(&DeriveParams {
+                cap_amount: 1_000,
+                period: "day".to_owned(),
+                ..DeriveParams::default()
+            })
+            .await?;
+        let secret = child.token.clone().unwrap_or_default();
+        ensure!(
+            child.status == "active"
+                && secret.starts_with("scrip_pt_")
+                && child.parent.is_some()
+                && child.provider == self.cloudflare()?.id,
+            "the derived token came back {} (parent {:?}, provider {})",
+            child.status,
+            child.parent,
+            child.provider
+        );
+        self.derived_tokens.push(secret.clone());
+        say.line(format!(
+            "token {}: {}, child of the agent's token, same provider and card",
+            child.id,
+            cap_label(child.cap.amount, &child.cap.period, &child.currency)
+        ));
+        let sub_agent = Agent::new(secret.clone(), &self.scrip_url, &self.recorder);
+        let reply = sub_agent.provision(self.cloudflare()?, "starter").await?;
+        ensure!(
+            reply.status == 200 && reply.body.get("amount") == Some(&json!(500)),
+            "Cloudflare answered the sub-agent HTTP {} {}",
+            reply.status,
+            reply.body
+        );
+        say.line("sub-agent <- Cloudflare (demo): HTTP 200, provisioned \"starter\"");
+        let (mine, parent) = (sub_agent.inspect().await?, agent.inspect().await?);
+        ensure!(
+            mine.spend.remaining == 500 && parent.spend.captured == 3_000,
+            "after the sub-agent's 5.00 USD: child remaining {}, parent captured {}",
+            mine.spend.remaining,
+            parent.spend.captured
+        );
+        say.ok(format!(
+            "the sub-agent has {} left today; the agent's token has {} captured this month (both charges count against it)",
+            money(mine.spend.remaining, &mine.currency),
+            money(parent.spend.captured, &parent.currency)
+        ));
+        Ok(secret)
+    }
+
+    /// e) the same token at the wrong provider: refused and revoked, and
+    /// the child derived from it with it.
+    async fn token_leaks(&self, token: &str, child: &str) -> anyhow::Result<()> {
         let say = self.say;
         say.step(
             5,
@@ -744,6 +809,14 @@ impl World {
             reply.body
         );
         say.line("agent <- Cloudflare (demo): refused too (Scrip said 402 token_revoked)");
+        let sub_agent = Agent::new(child.to_owned(), &self.scrip_url, &self.recorder);
+        let mine = sub_agent.inspect().await?;
+        ensure!(
+            mine.status == "revoked",
+            "the child token says {}, not revoked with its parent",
+            mine.status
+        );
+        say.line("sub-agent: GET /v1/tokens/self -> status revoked (revoking a token revokes its children)");
         say.ok("a token seen by the wrong provider has leaked, so Scrip revoked it: it is now worthless everywhere");
         Ok(())
     }
@@ -999,6 +1072,20 @@ impl World {
             !leaked,
             "a secret reached the agent or a provider in a response"
         );
+        // A token the agent derived reaches the agent once, in the response
+        // that created it, and nobody else.
+        for secret in &self.derived_tokens {
+            let parties: Vec<&'static str> = self.recorder.with(|seen| {
+                seen.iter()
+                    .filter(|s| contains(&s.body, secret))
+                    .map(|s| s.party)
+                    .collect()
+            });
+            ensure!(
+                parties == ["agent"],
+                "a derived token appears in responses to {parties:?}, not once to the agent"
+            );
+        }
         let by_party = self.recorder.with(|seen| {
             ["operator", "orchestrator", "agent", CLOUDFLARE, OTHER]
                 .iter()
