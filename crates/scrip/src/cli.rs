@@ -2335,7 +2335,8 @@ pub enum SecretsCommand {
     /// and checksum) and Luhn-valid card numbers; exits 1 if any is found.
     /// Findings are reported by place and kind, never repeated.
     Scan {
-        /// Files or directories (searched recursively).
+        /// Files or directories (searched recursively); `-` reads standard
+        /// input line by line (for a log stream).
         #[arg(required = true)]
         paths: Vec<std::path::PathBuf>,
     },
@@ -2344,11 +2345,37 @@ pub enum SecretsCommand {
 /// Largest file `secrets scan` reads; bigger ones are reported and skipped.
 const SCAN_FILE_BYTES_MAX: u64 = 256 * 1024 * 1024;
 
+/// Scans standard input a line at a time (so a log stream of any length
+/// can be piped through); returns the number of findings.
+fn scan_stdin() -> anyhow::Result<usize> {
+    use std::io::BufRead;
+    let mut found = 0;
+    let mut line = Vec::new();
+    let mut number = 0usize;
+    let mut input = std::io::stdin().lock();
+    loop {
+        line.clear();
+        if input.read_until(b'\n', &mut line)? == 0 {
+            return Ok(found);
+        }
+        number += 1;
+        for f in scrip_server::scan::scan_text(&String::from_utf8_lossy(&line)) {
+            found += 1;
+            println!("<stdin>:{number}:{}: {}", f.column, f.describe());
+        }
+    }
+}
+
 fn scan_paths(paths: &[std::path::PathBuf]) -> anyhow::Result<()> {
     let mut stack: Vec<std::path::PathBuf> = paths.to_vec();
     let mut files = 0usize;
     let mut found = 0usize;
     while let Some(path) = stack.pop() {
+        if path.as_os_str() == "-" {
+            files += 1;
+            found += scan_stdin()?;
+            continue;
+        }
         let meta = std::fs::symlink_metadata(&path)
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         if meta.is_dir() {

@@ -49,6 +49,9 @@ async fn hostile_inputs_get_4xx_in_the_error_shape() {
         ("/v1/payouts", &w.provider_secret),
         ("/v1/webhook_endpoints", &w.provider_secret),
         ("/v1/test_helpers/advance_clock", ADMIN),
+        ("/v1/tokens/self/derive", &token),
+        ("/v1/customers/cus_missing/credentials", ADMIN),
+        ("/v1/charges/ch_missing/capture", &w.provider_secret),
     ];
     let raw = reqwest::Client::new();
     for (path, secret) in &endpoints {
@@ -63,15 +66,23 @@ async fn hostile_inputs_get_4xx_in_the_error_shape() {
             let status = r.status().as_u16();
             let json: Value = r.json().await.unwrap_or(Value::Null);
             let shown: String = body.chars().take(60).collect();
-            // Some of these are valid for some endpoints (`{}` creates a
-            // customer); none may ever be a 5xx, and every refusal has the shape.
-            assert!(status < 500, "{path} {shown}: {status} {json}");
-            if status >= 400 {
-                assert!(
-                    json["error"]["type"].is_string() && json["error"]["code"].is_string(),
-                    "{path} {shown}: {json}"
-                );
+            // Only `{}` (or no body at all) is a valid request here: it
+            // creates a customer. Every other one is a 4xx in the error
+            // shape, never a 5xx.
+            if *path == "/v1/customers" && (body == "{}" || body.is_empty()) {
+                assert_eq!(status, 200, "{path} {shown}: {json}");
+                continue;
             }
+            assert!(
+                (400..500).contains(&status),
+                "{path} {shown}: {status} {json}"
+            );
+            assert!(
+                json["error"]["type"].is_string()
+                    && json["error"]["code"].is_string()
+                    && json["error"]["message"].is_string(),
+                "{path} {shown}: {json}"
+            );
             assert!(!json.to_string().contains("4242424242424242"));
         }
     }
@@ -116,6 +127,7 @@ async fn rate_limits_refuse_before_any_effect() {
     let app = TestApp::spawn_with(dir, |c| c.rate_limit_per_second = 2).await;
     // One admin request for the provider, then a burst of customers: the
     // bucket holds twice the rate, so three more fit, and the next is 429.
+    let started = std::time::Instant::now();
     let (_, provider_secret) = app.provider("P").await;
     let mut created = 0;
     let mut limited = None;
@@ -130,7 +142,13 @@ async fn rate_limits_refuse_before_any_effect() {
             s => panic!("unexpected {s}: {}", r.body),
         }
     }
-    assert_eq!(created, 3);
+    // Three fit in the burst; on a slow machine the bucket may also have
+    // refilled (two a second) while the requests ran.
+    let refilled = (started.elapsed().as_secs_f64() * 2.0).floor() as usize;
+    assert!(
+        (3..=3 + refilled).contains(&created),
+        "{created} created with {refilled} refilled"
+    );
     let r = limited.expect("a request past the burst is limited");
     r.err(429, "rate_limit_error", "rate_limited");
     let retry: u64 = r
@@ -148,7 +166,7 @@ async fn rate_limits_refuse_before_any_effect() {
     // created nothing.
     tokio::time::sleep(std::time::Duration::from_secs(retry)).await;
     let list = app.get("/v1/customers?limit=100", ADMIN).await.ok();
-    assert_eq!(list["data"].as_array().unwrap().len(), 3);
+    assert_eq!(list["data"].as_array().unwrap().len(), created);
 }
 
 #[tokio::test]
@@ -306,4 +324,61 @@ async fn offline_rotation_against_a_data_directory() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("re-wrapped 2 data key(s)"));
     let app = TestApp::spawn_in(dir).await;
     app.charge(&provider_secret, &token, 100).await.ok();
+}
+
+#[tokio::test]
+async fn secrets_scan_finds_cards_and_secrets_in_files_and_streams() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (_, provider_secret) = TestApp::spawn().await.provider("P").await;
+    let clean = dir.path().join("clean.log");
+    std::fs::write(&clean, "GET /v1/charges 200 3ms\nts=1796323739 id=ch_123\n").unwrap();
+    let dirty = dir.path().join("nested");
+    std::fs::create_dir(&dirty).unwrap();
+    std::fs::write(
+        dirty.join("app.log"),
+        format!("ok\ncard 4242 4242 4242 4242 12/30\nauth: Bearer {provider_secret}\n"),
+    )
+    .unwrap();
+    let scan = |args: Vec<std::path::PathBuf>| {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_scrip"));
+        cmd.arg("secrets").arg("scan").args(args);
+        cmd
+    };
+    let out = scan(vec![clean.clone()]).output().await.unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let out = scan(vec![clean, dir.path().to_path_buf()])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "findings fail the command");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("app.log:2:6: card number ending 4242"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("app.log:3:"), "{stdout}");
+    assert!(
+        !stdout.contains("4242 4242") && !stdout.contains(&provider_secret[8..]),
+        "findings never repeat what they found: {stdout}"
+    );
+    // A stream on standard input, line by line.
+    let mut child = scan(vec!["-".into()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(b"line one\n{\"number\":\"5555555555554444\"}\n")
+        .await
+        .unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().await.unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("<stdin>:2:12: card number ending 4444"),
+        "{stdout}"
+    );
 }
