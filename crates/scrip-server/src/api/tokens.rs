@@ -116,19 +116,12 @@ pub async fn create_token(
         metadata: metadata(b.metadata)?,
         created: now,
     };
-    let secret = Secret::generate(PREFIX_TOKEN);
-    let new = NewToken {
-        token,
-        secret_hash: secret.hash(),
-    };
-    let store = state.store.clone();
-    run(
+    store_new_token(
         &state,
         &caller,
         body.idempotency_key,
         body.request_hash,
-        move |d: &TokenDetails| to_json(&views::token(d, Some(secret.expose()))),
-        |idem| async move { Ok(store.create_token(new, now, idem).await?) },
+        token,
     )
     .await
 }
@@ -485,6 +478,26 @@ pub async fn derive_token(
         metadata: Metadata::new(),
         created: now,
     };
+    store_new_token(
+        &state,
+        &caller,
+        body.idempotency_key,
+        body.request_hash,
+        token,
+    )
+    .await
+}
+
+/// Stores a new token with a fresh secret, under the request's idempotency
+/// key; the response carries the secret, this once.
+async fn store_new_token(
+    state: &AppState,
+    caller: &Principal,
+    idempotency_key: Option<String>,
+    request_hash: [u8; 32],
+    token: Token,
+) -> Result<Response, ApiError> {
+    let now = token.created;
     let secret = Secret::generate(PREFIX_TOKEN);
     let new = NewToken {
         token,
@@ -492,10 +505,10 @@ pub async fn derive_token(
     };
     let store = state.store.clone();
     run(
-        &state,
-        &caller,
-        body.idempotency_key,
-        body.request_hash,
+        state,
+        caller,
+        idempotency_key,
+        request_hash,
         move |d: &TokenDetails| to_json(&views::token(d, Some(secret.expose()))),
         |idem| async move { Ok(store.create_token(new, now, idem).await?) },
     )
