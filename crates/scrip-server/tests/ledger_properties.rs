@@ -1,6 +1,7 @@
 //! Property test of the money path on the real embedded store: random
-//! sequences of charges, holds, captures, cancels, refunds, payouts and clock
-//! jumps over several tokens and providers. Afterwards the ledger balances,
+//! sequences of token issues (roots and derived children), charges, holds,
+//! captures, cancels, refunds, payouts and clock jumps over several tokens
+//! and providers. Afterwards the ledger balances,
 //! no token's spend exceeds its cap in any period, balances equal the sum of
 //! their entries, and each provider's money adds up to captured − refunds −
 //! fees.
@@ -44,16 +45,34 @@ enum Op {
     Advance {
         secs: i64,
     },
+    /// A new token: a root for one provider, or a child of an existing one
+    /// (narrower cap, its own period), which spends against both.
+    Issue {
+        parent: Option<usize>,
+        provider: usize,
+        cap: i64,
+        period: usize,
+    },
 }
+
+const PERIODS: [Period; 5] = [
+    Period::Day,
+    Period::Week,
+    Period::Month,
+    Period::Year,
+    Period::None,
+];
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        4 => (0usize..4, 1i64..2_500, any::<bool>()).prop_map(|(token, amount, capture)| Op::Charge { token, amount, capture }),
+        4 => (0usize..12, 1i64..2_500, any::<bool>()).prop_map(|(token, amount, capture)| Op::Charge { token, amount, capture }),
         2 => (0usize..8, 1i64..=100).prop_map(|(hold, percent)| Op::Capture { hold, percent }),
         1 => (0usize..8).prop_map(|hold| Op::Cancel { hold }),
         2 => (0usize..16, proptest::option::of(1i64..1_500)).prop_map(|(charge, amount)| Op::Refund { charge, amount }),
         1 => (0usize..2, proptest::option::of(1i64..4_000)).prop_map(|(provider, amount)| Op::Payout { provider, amount }),
         2 => (0i64..4 * 86_400).prop_map(|secs| Op::Advance { secs }),
+        1 => (proptest::option::of(0usize..8), 0usize..2, 100i64..6_000, 0usize..5)
+            .prop_map(|(parent, provider, cap, period)| Op::Issue { parent, provider, cap, period }),
     ]
 }
 
@@ -61,6 +80,8 @@ struct Setup {
     store: SqliteStore,
     tokens: Vec<(String, String)>, // (token id, provider id)
     providers: Vec<String>,
+    /// A token to copy the customer, credential and card from.
+    template: scrip_server::store::model::Token,
 }
 
 async fn setup(dir: &std::path::Path, now: i64) -> Setup {
@@ -135,6 +156,7 @@ async fn setup(dir: &std::path::Path, now: i64) -> Setup {
         .await
         .unwrap();
     let mut tokens = Vec::new();
+    let mut template = None;
     for (i, (period, cap)) in [
         (Period::Day, 4_000),
         (Period::Week, 6_000),
@@ -172,19 +194,21 @@ async fn setup(dir: &std::path::Path, now: i64) -> Setup {
             )
             .await
             .unwrap();
-        tokens.push((t.token.id, provider));
+        tokens.push((t.token.id.clone(), provider));
+        template = Some(t.token);
     }
     Setup {
         store,
         tokens,
         providers,
+        template: template.unwrap(),
     }
 }
 
 async fn run(ops: Vec<Op>) {
     let dir = tempfile::tempdir().unwrap();
     let mut now = 1_800_000_000;
-    let s = setup(dir.path(), now).await;
+    let mut s = setup(dir.path(), now).await;
     let mut holds: Vec<String> = Vec::new();
     let mut captured: Vec<String> = Vec::new();
     for op in ops {
@@ -194,7 +218,7 @@ async fn run(ops: Vec<Op>) {
                 amount,
                 capture,
             } => {
-                let (token_id, provider_id) = &s.tokens[token];
+                let (token_id, provider_id) = &s.tokens[token % s.tokens.len()];
                 let new = NewCharge {
                     id: new_id("ch"),
                     token_id: token_id.clone(),
@@ -265,6 +289,41 @@ async fn run(ops: Vec<Op>) {
             Op::Advance { secs } => {
                 now += secs;
                 s.store.upkeep(now, false).await.unwrap();
+            }
+            Op::Issue {
+                parent,
+                provider,
+                cap,
+                period,
+            } => {
+                let parent = parent.map(|p| s.tokens[p % s.tokens.len()].clone());
+                let provider_id = match &parent {
+                    Some((_, provider_id)) => provider_id.clone(),
+                    None => s.providers[provider].clone(),
+                };
+                let token = scrip_server::store::model::Token {
+                    id: new_id("pt"),
+                    provider_id: provider_id.clone(),
+                    cap: CapAmount::new(cap).unwrap(),
+                    period: PERIODS[period],
+                    parent_id: parent.map(|(id, _)| id),
+                    created: now,
+                    expires_at: now + 300 * 86_400,
+                    ..s.template.clone()
+                };
+                let t = s
+                    .store
+                    .create_token(
+                        NewToken {
+                            token,
+                            secret_hash: hash_secret(&new_id("scrip_pt")),
+                        },
+                        now,
+                        None,
+                    )
+                    .await
+                    .unwrap();
+                s.tokens.push((t.token.id, provider_id));
             }
         }
     }
