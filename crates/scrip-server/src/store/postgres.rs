@@ -892,6 +892,31 @@ impl PgStore {
         Ok(store)
     }
 
+    /// One row by its id (`select` takes it as `$1`), or `resource_missing`.
+    async fn by_id<T: Send + 'static>(
+        &self,
+        select: String,
+        resource: &'static str,
+        id: &str,
+        row: fn(&Row) -> PgResult<T>,
+    ) -> StoreResult<T> {
+        self.read(
+            Mode::Autocommit,
+            (select, id.to_owned()),
+            |tx, (select, id)| {
+                Box::pin(async move {
+                    tx.query_opt(select.as_str(), &[id])
+                        .await?
+                        .as_ref()
+                        .map(row)
+                        .transpose()?
+                        .ok_or_else(|| not_found(resource, id).into())
+                })
+            },
+        )
+        .await
+    }
+
     /// Links every pending audit record onto the chain (before it is
     /// listed or verified).
     async fn chain_audit(&self) -> StoreResult<()> {
@@ -2200,19 +2225,12 @@ impl Store for PgStore {
     }
 
     async fn customer(&self, id: &str) -> StoreResult<Customer> {
-        self.read(Mode::Autocommit, id.to_owned(), |tx, id| {
-            Box::pin(async move {
-                tx.query_opt(
-                    &format!("SELECT {CUSTOMER_COLS} FROM customers WHERE id = $1"),
-                    &[id],
-                )
-                .await?
-                .as_ref()
-                .map(customer_row)
-                .transpose()?
-                .ok_or_else(|| not_found("customer", id).into())
-            })
-        })
+        self.by_id(
+            format!("SELECT {CUSTOMER_COLS} FROM customers WHERE id = $1"),
+            "customer",
+            id,
+            customer_row,
+        )
         .await
     }
 
@@ -2265,19 +2283,12 @@ impl Store for PgStore {
     }
 
     async fn credential(&self, id: &str) -> StoreResult<Credential> {
-        self.read(Mode::Autocommit, id.to_owned(), |tx, id| {
-            Box::pin(async move {
-                tx.query_opt(
-                    &format!("SELECT {CREDENTIAL_COLS} FROM credentials WHERE id = $1"),
-                    &[id],
-                )
-                .await?
-                .as_ref()
-                .map(credential_row)
-                .transpose()?
-                .ok_or_else(|| not_found("credential", id).into())
-            })
-        })
+        self.by_id(
+            format!("SELECT {CREDENTIAL_COLS} FROM credentials WHERE id = $1"),
+            "credential",
+            id,
+            credential_row,
+        )
         .await
     }
 
@@ -2383,19 +2394,12 @@ impl Store for PgStore {
     }
 
     async fn provider(&self, id: &str) -> StoreResult<Provider> {
-        self.read(Mode::Autocommit, id.to_owned(), |tx, id| {
-            Box::pin(async move {
-                tx.query_opt(
-                    &format!("SELECT {PROVIDER_COLS} FROM providers WHERE id = $1"),
-                    &[id],
-                )
-                .await?
-                .as_ref()
-                .map(provider_row)
-                .transpose()?
-                .ok_or_else(|| not_found("provider", id).into())
-            })
-        })
+        self.by_id(
+            format!("SELECT {PROVIDER_COLS} FROM providers WHERE id = $1"),
+            "provider",
+            id,
+            provider_row,
+        )
         .await
     }
 
