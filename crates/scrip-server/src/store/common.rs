@@ -6,7 +6,7 @@ use scrip_core::token::Scope;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::model::{AuditRecord, Metadata, Token};
+use super::model::{AuditRecord, Metadata, ReportLine, Token};
 use super::{StoreError, StoreResult};
 
 /// Metadata as stored (a JSON object); an unreadable value reads as empty.
@@ -107,4 +107,43 @@ pub(crate) fn event_json(
         data: EventData { object: &raw },
     })
     .map_err(|e| StoreError::Database(e.to_string()))
+}
+
+/// One row of the ledger report's query: provider, currency, transaction
+/// kind, account, and the sum of that account's entries.
+pub(crate) type ReportSum = (String, scrip_core::money::Currency, String, String, i64);
+
+/// Folds the report query's sums into one line per provider and currency:
+/// gross and fees from captures, refunds, payouts, and the net.
+pub(crate) fn report_lines(sums: impl IntoIterator<Item = ReportSum>) -> Vec<ReportLine> {
+    use scrip_core::ledger::Account;
+    let mut lines: std::collections::BTreeMap<(String, scrip_core::money::Currency), ReportLine> =
+        std::collections::BTreeMap::new();
+    for (provider_id, currency, kind, account, sum) in sums {
+        let line = lines
+            .entry((provider_id.clone(), currency))
+            .or_insert_with(|| ReportLine {
+                provider_id,
+                currency,
+                gross: 0,
+                fees: 0,
+                refunds: 0,
+                net: 0,
+                paid_out: 0,
+            });
+        match (kind.as_str(), Account::parse(&account)) {
+            ("capture", Some(Account::CardNetwork)) => line.gross += sum,
+            ("capture", Some(Account::Fees)) => line.fees -= sum,
+            ("refund", Some(Account::CardNetwork)) => line.refunds -= sum,
+            ("payout", Some(Account::PayoutsInTransit)) => line.paid_out -= sum,
+            _ => {}
+        }
+    }
+    lines
+        .into_values()
+        .map(|mut l| {
+            l.net = l.gross - l.fees - l.refunds;
+            l
+        })
+        .collect()
 }

@@ -645,37 +645,15 @@ pub(super) async fn report(
             &[&from.unwrap_or(i64::MIN), &to.unwrap_or(i64::MAX)],
         )
         .await?;
-    let mut lines: BTreeMap<(String, Currency), ReportLine> = BTreeMap::new();
+    let mut sums = Vec::with_capacity(found.len());
     for r in &found {
-        let provider_id: String = r.try_get(0)?;
-        let currency = currency_at(r, 1)?;
-        let kind: String = r.try_get(2)?;
-        let account: String = r.try_get(3)?;
-        let sum: i64 = r.try_get(4)?;
-        let line = lines
-            .entry((provider_id.clone(), currency))
-            .or_insert_with(|| ReportLine {
-                provider_id,
-                currency,
-                gross: 0,
-                fees: 0,
-                refunds: 0,
-                net: 0,
-                paid_out: 0,
-            });
-        match (kind.as_str(), Account::parse(&account)) {
-            ("capture", Some(Account::CardNetwork)) => line.gross += sum,
-            ("capture", Some(Account::Fees)) => line.fees -= sum,
-            ("refund", Some(Account::CardNetwork)) => line.refunds -= sum,
-            ("payout", Some(Account::PayoutsInTransit)) => line.paid_out -= sum,
-            _ => {}
-        }
+        sums.push((
+            r.try_get::<_, String>(0)?,
+            currency_at(r, 1)?,
+            r.try_get::<_, String>(2)?,
+            r.try_get::<_, String>(3)?,
+            r.try_get::<_, i64>(4)?,
+        ));
     }
-    Ok(lines
-        .into_values()
-        .map(|mut l| {
-            l.net = l.gross - l.fees - l.refunds;
-            l
-        })
-        .collect())
+    Ok(super::super::common::report_lines(sums))
 }

@@ -638,32 +638,5 @@ pub(super) fn report(
             },
         )?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    let mut lines: BTreeMap<(String, Currency), ReportLine> = BTreeMap::new();
-    for (provider_id, currency, kind, account, sum) in rows {
-        let line = lines
-            .entry((provider_id.clone(), currency))
-            .or_insert_with(|| ReportLine {
-                provider_id,
-                currency,
-                gross: 0,
-                fees: 0,
-                refunds: 0,
-                net: 0,
-                paid_out: 0,
-            });
-        match (kind.as_str(), Account::parse(&account)) {
-            ("capture", Some(Account::CardNetwork)) => line.gross += sum,
-            ("capture", Some(Account::Fees)) => line.fees -= sum,
-            ("refund", Some(Account::CardNetwork)) => line.refunds -= sum,
-            ("payout", Some(Account::PayoutsInTransit)) => line.paid_out -= sum,
-            _ => {}
-        }
-    }
-    Ok(lines
-        .into_values()
-        .map(|mut l| {
-            l.net = l.gross - l.fees - l.refunds;
-            l
-        })
-        .collect())
+    Ok(super::super::common::report_lines(rows))
 }
