@@ -14,6 +14,12 @@ use clap::{Args, Parser, Subcommand};
 use scrip_server::server::{self, Config};
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc instead of the system allocator: a request allocates many small,
+/// short-lived buffers on every core, and glibc's malloc showed up at ~7% of
+/// the server's CPU time under `scrip bench` (BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "scrip",
