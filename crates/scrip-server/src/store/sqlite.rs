@@ -17,14 +17,16 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use scrip_core::limits;
 use scrip_core::money::{CapAmount, Currency};
 use scrip_core::period::Period;
-use scrip_core::token::{self, ChargeRequest, Link, Spend, Standing, Status, StoredStatus, Usage};
+use scrip_core::token::{
+    self, ChargeRequest, Link, Scope, Spend, Standing, Status, StoredStatus, Usage,
+};
 use scrip_core::UnixSecs;
 use tokio::sync::oneshot;
 
 mod ledger;
 mod outbox;
 
-use super::common::{json, metadata_to, not_found, scope_of};
+use super::common::{json, metadata_to, not_found};
 use super::model::*;
 use super::{IdemWrite, LedgerConfig, Store, StoreError, StoreResult, TokenChange, WriteStats};
 use crate::secrets::SecretHash;
@@ -400,9 +402,9 @@ impl SqliteStore {
                 None => open_connection(&path)?,
             };
             let result = (|| {
-                conn.execute_batch("BEGIN")?;
+                conn.prepare_cached("BEGIN")?.execute([])?;
                 let r = op(&conn);
-                conn.execute_batch("COMMIT")?;
+                conn.prepare_cached("COMMIT")?.execute([])?;
                 r
             })();
             if conn.is_autocommit() {
@@ -843,9 +845,27 @@ fn details(conn: &Connection, row: TokenRow, now: UnixSecs) -> StoreResult<Token
 }
 
 /// The token and its ancestors, each with its spend in the window of `now`.
+///
+/// On the charge path twice (the pre-check and the writer's decision), so
+/// one statement a link reads only what the decision needs: the token's
+/// scope, its standing, and its newest spend row, which is the current
+/// window's when it starts there (an older one means nothing spent yet in
+/// this window; a newer one, after the test clock was set back, is looked
+/// up exactly).
 fn load_chain(conn: &Connection, token_id: &str, now: UnixSecs) -> StoreResult<Vec<Link>> {
     let mut chain = Vec::new();
     let mut next = Some(token_id.to_owned());
+    let mut stmt = conn.prepare_cached(
+        "SELECT t.provider_id, t.currency, t.cap_amount, t.cap_period, t.usage, t.max_per_charge,
+                t.expires_at, t.parent_id, t.status, t.created, c.active, pm.active,
+                s.period_start, s.captured, s.pending
+         FROM tokens t
+         JOIN credentials c ON c.id = t.credential_id
+         JOIN payment_methods pm ON pm.id = t.payment_method_id
+         LEFT JOIN token_spend s ON s.token_id = t.id AND s.period_start =
+             (SELECT max(period_start) FROM token_spend WHERE token_id = t.id)
+         WHERE t.id = ?1",
+    )?;
     while let Some(id) = next.take() {
         // Bounded: a chain can never be longer than the tokens there are,
         // and derivation depth is limited when tokens are derived.
@@ -854,17 +874,61 @@ fn load_chain(conn: &Connection, token_id: &str, now: UnixSecs) -> StoreResult<V
                 "token {token_id} has a parent cycle"
             )));
         }
-        let Some(row) = load_token(conn, &id)? else {
+        let Some((link, parent, newest)) = stmt
+            .query_row([&id], |r| {
+                let cap: i64 = r.get(2)?;
+                let period: String = r.get(3)?;
+                let usage: String = r.get(4)?;
+                let status: String = r.get(8)?;
+                let stored: StoredStatus = status.parse().map_err(|_| bad_row("status"))?;
+                let newest: Option<(UnixSecs, Spend)> = match r.get::<_, Option<i64>>(12)? {
+                    Some(start) => Some((
+                        start,
+                        Spend {
+                            captured: r.get(13)?,
+                            pending: r.get(14)?,
+                        },
+                    )),
+                    None => None,
+                };
+                let scope = Scope {
+                    provider_id: r.get(0)?,
+                    currency: currency_col(r, 1)?,
+                    cap: CapAmount::new(cap).ok_or_else(|| bad_row("cap_amount"))?,
+                    period: period
+                        .parse::<Period>()
+                        .map_err(|_| bad_row("cap_period"))?,
+                    usage: usage.parse::<Usage>().map_err(|_| bad_row("usage"))?,
+                    max_per_charge: r.get(5)?,
+                    expires_at: r.get(6)?,
+                    created: r.get(9)?,
+                };
+                let standing = Standing {
+                    stored,
+                    credential_active: r.get(10)?,
+                    payment_method_active: r.get(11)?,
+                };
+                let link = Link {
+                    scope,
+                    standing,
+                    spend: Spend::default(),
+                };
+                Ok((link, r.get::<_, Option<String>>(7)?, newest))
+            })
+            .optional()?
+        else {
             return Err(not_found("payment_token", &id));
         };
-        let window = row.token.period.window(now, row.token.created);
-        let spend = spend_at(conn, &row.token.id, window.start)?;
-        next = row.token.parent_id.clone();
-        chain.push(Link {
-            scope: scope_of(&row.token),
-            standing: row.standing,
-            spend,
-        });
+        let mut link = link;
+        let window = link.scope.window(now);
+        link.spend = match newest {
+            Some((start, spend)) if start == window.start => spend,
+            Some((start, _)) if start < window.start => Spend::default(),
+            None => Spend::default(),
+            Some(_) => spend_at(conn, &id, window.start)?,
+        };
+        next = parent;
+        chain.push(link);
     }
     Ok(chain)
 }
