@@ -56,7 +56,7 @@ pub type StoreResult<T> = Result<T, StoreError>;
 
 /// Renders an operation's result into the response that the idempotency
 /// record remembers (already sealed by the vault).
-pub type Render<T> = Box<dyn FnOnce(&T) -> StoreResult<(u16, Sealed)> + Send>;
+pub type Render<T> = Box<dyn Fn(&T) -> StoreResult<(u16, Sealed)> + Send>;
 
 /// Asks a write to remember its response under an idempotency key, in the
 /// same transaction as its effect.

@@ -208,10 +208,76 @@ impl AuthCache {
 /// it (longer than one attempt's timeout).
 const DELIVERY_LEASE_SECS: i64 = 60;
 
-/// A queued write: runs on the writer's connection inside the group's
-/// transaction and returns what to tell the caller once the group's fate
-/// (committed or not) is known.
-type Job = Box<dyn FnOnce(&Connection) -> Box<dyn FnOnce(bool) + Send> + Send>;
+/// A queued write, run on the writer's connection inside the group's
+/// transaction.
+enum Job {
+    /// Runs once, in a savepoint of its own, and returns what to tell the
+    /// caller once the group's fate (committed or not) is known.
+    Once(Box<dyn FnOnce(&Connection) -> Box<dyn FnOnce(bool) + Send> + Send>),
+    /// Runs without a savepoint: see `writer_loop`.
+    Rerunnable(Box<dyn Rerun>),
+}
+
+/// A write that can run again from the start (its closure is `FnMut` and
+/// keeps what it needs), so the writer can run it without the cost of a
+/// savepoint of its own: copying every page it touches into the statement
+/// journal was about a seventh of the writer's time on the charge path.
+trait Rerun: Send {
+    /// Runs the operation, in a savepoint of its own or not; returns
+    /// whether it succeeded. A later run replaces an earlier one's outcome.
+    fn run(&mut self, conn: &Connection, own_savepoint: bool) -> bool;
+    /// Tells the caller the last run's outcome, once the group's fate is
+    /// known (or that nothing was done, when it never ran).
+    fn answer(self: Box<Self>, committed: bool);
+}
+
+struct RerunnableWrite<T, F> {
+    op: F,
+    idem: Option<IdemWrite<T>>,
+    identity: (String, Option<String>),
+    outcome: Option<StoreResult<T>>,
+    reply: oneshot::Sender<StoreResult<T>>,
+}
+
+impl<T, F> Rerun for RerunnableWrite<T, F>
+where
+    T: Send + 'static,
+    F: FnMut(&Connection) -> StoreResult<T> + Send + 'static,
+{
+    fn run(&mut self, conn: &Connection, own_savepoint: bool) -> bool {
+        let (op, idem) = (&mut self.op, &self.idem);
+        let mut body = |conn: &Connection| {
+            let value = op(conn)?;
+            if let Some(idem) = idem {
+                remember_response(conn, idem, &value)?;
+            }
+            Ok(value)
+        };
+        let outcome = outbox::with_identity(self.identity.clone(), || {
+            if own_savepoint {
+                in_savepoint(conn, body)
+            } else {
+                body(conn)
+            }
+        });
+        let ok = outcome.is_ok();
+        self.outcome = Some(outcome);
+        ok
+    }
+
+    fn answer(self: Box<Self>, committed: bool) {
+        let result = match self.outcome {
+            Some(outcome) if committed => outcome,
+            Some(outcome) => {
+                outcome.and(Err(StoreError::Database("the group commit failed".into())))
+            }
+            None => Err(StoreError::Database(
+                "the writer could not run the operation".into(),
+            )),
+        };
+        let _ = self.reply.send(result);
+    }
+}
 
 pub struct SqliteStore {
     path: PathBuf,
@@ -305,12 +371,12 @@ impl SqliteStore {
     {
         let (reply, answer) = oneshot::channel::<StoreResult<T>>();
         let identity = crate::context::audit_identity();
-        let job: Job = Box::new(move |conn| {
+        let job = Job::Once(Box::new(move |conn| {
             let result = outbox::with_identity(identity, || {
                 in_savepoint(conn, |conn| {
                     let value = op(conn)?;
                     if let Some(idem) = idem {
-                        remember_response(conn, idem, &value)?;
+                        remember_response(conn, &idem, &value)?;
                     }
                     Ok(value)
                 })
@@ -323,7 +389,35 @@ impl SqliteStore {
                 };
                 let _ = reply.send(result);
             })
-        });
+        }));
+        self.submit(job, answer).await
+    }
+
+    /// Like `write`, for an operation that can run again from the start:
+    /// the writer runs it without a savepoint of its own (see
+    /// `writer_loop`). Its closure must leave no effect outside the
+    /// connection, and keep (clone from) what it captures.
+    async fn write_rerunnable<T, F>(&self, op: F, idem: Option<IdemWrite<T>>) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnMut(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel::<StoreResult<T>>();
+        let job = Job::Rerunnable(Box::new(RerunnableWrite {
+            op,
+            idem,
+            identity: crate::context::audit_identity(),
+            outcome: None,
+            reply,
+        }));
+        self.submit(job, answer).await
+    }
+
+    async fn submit<T>(
+        &self,
+        job: Job,
+        answer: oneshot::Receiver<StoreResult<T>>,
+    ) -> StoreResult<T> {
         match self.jobs.try_send(job) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => return Err(StoreError::Overloaded),
@@ -454,8 +548,21 @@ fn migrate(conn: &mut Connection) -> StoreResult<()> {
 struct WriterStats {
     groups: AtomicU64,
     operations: AtomicU64,
+    /// Groups whose rerunnable operations ran again in savepoints.
+    reruns: AtomicU64,
 }
 
+/// The writer: takes every queued operation (up to `WRITER_BATCH_MAX`) as
+/// one group, runs them in one transaction and answers their callers only
+/// after `COMMIT` (one fsync for the group) returned.
+///
+/// Operations in one group were all in flight at once, so any order among
+/// them is a valid serial order: rerunnable ones run first, without
+/// savepoints. One that fails without having changed a row needs nothing
+/// undone. One that fails after changing rows cannot be undone alone: the
+/// transaction is rolled back and the rerunnable operations run again, each
+/// in a savepoint of its own, so that only that one fails. Then every
+/// other operation runs in a savepoint of its own.
 fn writer_loop(conn: Connection, queue: Receiver<Job>, stats: &WriterStats) {
     while let Ok(first) = queue.recv() {
         let mut group = vec![first];
@@ -465,34 +572,86 @@ fn writer_loop(conn: Connection, queue: Receiver<Job>, stats: &WriterStats) {
                 Err(_) => break,
             }
         }
+        let operations = group.len();
+        let mut rerunnable = Vec::new();
+        let mut once = Vec::new();
+        for job in group {
+            match job {
+                Job::Rerunnable(op) => rerunnable.push(op),
+                Job::Once(op) => once.push(op),
+            }
+        }
         if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
             // Outside a transaction each job's savepoint would commit on its
             // own while its caller is told the group failed: run none of
             // them. Dropping a job drops its reply channel, so its caller
             // gets an error and nothing was written.
-            tracing::error!(error = %e, operations = group.len(), "the writer could not begin a transaction");
-            drop(group);
+            tracing::error!(error = %e, operations, "the writer could not begin a transaction");
+            for op in rerunnable {
+                op.answer(false);
+            }
             continue;
         }
-        let replies: Vec<_> = group.into_iter().map(|job| job(&conn)).collect();
-        let committed = conn.execute_batch("COMMIT").is_ok();
+        if !run_optimistically(&conn, &mut rerunnable) {
+            stats.reruns.fetch_add(1, Ordering::Relaxed);
+            let restarted = conn
+                .execute_batch("ROLLBACK")
+                .and_then(|()| conn.execute_batch("BEGIN IMMEDIATE"));
+            if let Err(e) = restarted {
+                tracing::error!(error = %e, operations, "the writer could not restart a transaction");
+                let _ = conn.execute_batch("ROLLBACK");
+                for op in rerunnable {
+                    op.answer(false);
+                }
+                continue;
+            }
+            for op in &mut rerunnable {
+                // A failed statement can end the transaction: then nothing
+                // more may run, or it would commit on its own.
+                if conn.is_autocommit() {
+                    break;
+                }
+                op.run(&conn, true);
+            }
+        }
+        let mut replies = Vec::with_capacity(once.len());
+        for job in once {
+            if conn.is_autocommit() {
+                break;
+            }
+            replies.push(job(&conn));
+        }
+        let committed = !conn.is_autocommit() && conn.execute_batch("COMMIT").is_ok();
         if !committed {
-            tracing::error!(
-                operations = replies.len(),
-                "group commit failed; rolling back"
-            );
+            tracing::error!(operations, "group commit failed; rolling back");
             let _ = conn.execute_batch("ROLLBACK");
         }
         if committed {
             stats.groups.fetch_add(1, Ordering::Relaxed);
             stats
                 .operations
-                .fetch_add(replies.len() as u64, Ordering::Relaxed);
+                .fetch_add(operations as u64, Ordering::Relaxed);
+        }
+        for op in rerunnable {
+            op.answer(committed);
         }
         for reply in replies {
             reply(committed);
         }
     }
+}
+
+/// Runs each operation without a savepoint; false as soon as one failed
+/// after changing rows (or ended the transaction), which leaves the
+/// transaction to be rolled back.
+fn run_optimistically(conn: &Connection, ops: &mut [Box<dyn Rerun>]) -> bool {
+    for op in ops {
+        let before = conn.total_changes();
+        if !op.run(conn, false) && (conn.total_changes() != before || conn.is_autocommit()) {
+            return false;
+        }
+    }
+    true
 }
 
 /// Passive checkpoints (they never block the writer or readers) every
@@ -526,7 +685,7 @@ fn in_savepoint<T>(
     }
 }
 
-fn remember_response<T>(conn: &Connection, idem: IdemWrite<T>, value: &T) -> StoreResult<()> {
+fn remember_response<T>(conn: &Connection, idem: &IdemWrite<T>, value: &T) -> StoreResult<()> {
     let (status, sealed) = (idem.render)(value)?;
     let now = idem.now;
     // A record older than the TTL is replaced; a live one means another
@@ -2039,8 +2198,10 @@ impl Store for SqliteStore {
         idem: Option<IdemWrite<Charge>>,
     ) -> StoreResult<Charge> {
         let config = self.ledger;
-        self.write(
+        let request = new;
+        self.write_rerunnable(
             move |conn| {
+                let new = request.clone();
                 release_expired_holds_of(conn, &new.token_id, now)?;
                 let chain = load_chain(conn, &new.token_id, now)?;
                 token::authorize(
@@ -2715,6 +2876,85 @@ mod tests {
             metadata: Metadata::new(),
             created: 1,
         }
+    }
+
+    /// Rerunnable operations run without savepoints; one that fails after
+    /// writing must still fail alone, with none of its rows kept, while the
+    /// others in its group (rerunnable or not) commit.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_rerunnable_operation_that_fails_after_writing_fails_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            Arc::new(SqliteStore::open(&dir.path().join("db"), LedgerConfig::default()).unwrap());
+        let mut tasks = Vec::new();
+        for i in 0..300 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                if i % 3 == 2 {
+                    let id = format!("cus_{i}");
+                    return store.create_customer(customer(&id), None).await.map(|_| ());
+                }
+                store
+                    .write_rerunnable(
+                        move |conn| {
+                            conn.execute(
+                                "INSERT INTO meta (key, value) VALUES (?1, x'00')",
+                                [format!("k{i}")],
+                            )?;
+                            if i % 10 == 0 {
+                                return Err(StoreError::Database("failed after writing".into()));
+                            }
+                            Ok(())
+                        },
+                        None,
+                    )
+                    .await
+            }));
+        }
+        let mut failed = Vec::new();
+        for (i, t) in tasks.into_iter().enumerate() {
+            if t.await.unwrap().is_err() {
+                failed.push(i);
+            }
+        }
+        let expected: Vec<usize> = (0..300).filter(|i| i % 10 == 0 && i % 3 != 2).collect();
+        assert_eq!(failed, expected);
+        assert!(store.stats.reruns.load(Ordering::Relaxed) > 0);
+        let conn = Connection::open(dir.path().join("db")).unwrap();
+        for i in 0..300 {
+            let kept: bool = conn
+                .query_row(
+                    "SELECT count(*) FROM meta WHERE key = ?1",
+                    [format!("k{i}")],
+                    |r| r.get::<_, i64>(0),
+                )
+                .unwrap()
+                == 1;
+            assert_eq!(kept, i % 3 != 2 && i % 10 != 0, "meta row k{i}");
+        }
+        let customers: i64 = conn
+            .query_row("SELECT count(*) FROM customers", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(customers, 100);
+
+        // Failing before writing anything needs no second run.
+        let reruns = store.stats.reruns.load(Ordering::Relaxed);
+        let mut tasks = Vec::new();
+        for _ in 0..100 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                store
+                    .write_rerunnable(
+                        |_conn| -> StoreResult<()> { Err(StoreError::Database("refused".into())) },
+                        None,
+                    )
+                    .await
+            }));
+        }
+        for t in tasks {
+            assert!(t.await.unwrap().is_err());
+        }
+        assert_eq!(store.stats.reruns.load(Ordering::Relaxed), reruns);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
