@@ -208,12 +208,15 @@ impl AuthCache {
 /// it (longer than one attempt's timeout).
 const DELIVERY_LEASE_SECS: i64 = 60;
 
+/// Tells a caller its write's outcome once the group's fate (committed or
+/// not) is known.
+type Reply = Box<dyn FnOnce(bool) + Send>;
+
 /// A queued write, run on the writer's connection inside the group's
 /// transaction.
 enum Job {
-    /// Runs once, in a savepoint of its own, and returns what to tell the
-    /// caller once the group's fate (committed or not) is known.
-    Once(Box<dyn FnOnce(&Connection) -> Box<dyn FnOnce(bool) + Send> + Send>),
+    /// Runs once, in a savepoint of its own.
+    Once(Box<dyn FnOnce(&Connection) -> Reply + Send>),
     /// Runs without a savepoint: see `writer_loop`.
     Rerunnable(Box<dyn Rerun>),
 }
