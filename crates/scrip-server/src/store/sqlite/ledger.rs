@@ -53,15 +53,56 @@ pub(super) fn post(
     )?
     .execute(params![new_id("ltx"), kind, status, reference, provider_id, currency.code(), now])?;
     let seq = conn.last_insert_rowid();
-    for p in postings {
-        let account = p.account.key();
-        conn.prepare_cached(
-            "INSERT INTO ledger_entries (transaction_seq, account, amount) VALUES (?1, ?2, ?3)",
-        )?
-        .execute(params![seq, account, p.amount])?;
-        add_balance(conn, &account, currency, layer, p.amount)?;
+    // One statement for all the entries and one for all the balances: on
+    // the charge path, statements are most of the writer's time.
+    let accounts: Vec<String> = postings.iter().map(|p| p.account.key()).collect();
+    let (posted, pending): (Vec<i64>, Vec<i64>) = postings
+        .iter()
+        .map(|p| match layer {
+            Layer::Posted => (p.amount, 0),
+            Layer::Pending => (0, p.amount),
+        })
+        .unzip();
+    let n = postings.len();
+    if n == 0 {
+        return Ok(());
     }
+    let mut entries: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(1 + 2 * n);
+    entries.push(&seq);
+    for (account, p) in accounts.iter().zip(postings) {
+        entries.push(account);
+        entries.push(&p.amount);
+    }
+    conn.prepare_cached(&rows_sql(
+        "INSERT INTO ledger_entries (transaction_seq, account, amount) VALUES ",
+        n,
+        |i| format!("(?1, ?{}, ?{})", 2 + 2 * i, 3 + 2 * i),
+        "",
+    ))?
+    .execute(entries.as_slice())?;
+    let code = currency.code();
+    let mut balances: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(1 + 3 * n);
+    balances.push(&code);
+    for i in 0..n {
+        balances.push(&accounts[i]);
+        balances.push(&posted[i]);
+        balances.push(&pending[i]);
+    }
+    conn.prepare_cached(&rows_sql(
+        "INSERT INTO ledger_balances (account, currency, posted, pending) VALUES ",
+        n,
+        |i| format!("(?{}, ?1, ?{}, ?{})", 2 + 3 * i, 3 + 3 * i, 4 + 3 * i),
+        " ON CONFLICT (account, currency) DO UPDATE SET
+           posted = posted + excluded.posted, pending = pending + excluded.pending",
+    ))?
+    .execute(balances.as_slice())?;
     Ok(())
+}
+
+/// `head`, then `n` rows of `row(i)` separated by commas, then `tail`.
+fn rows_sql(head: &str, n: usize, row: impl Fn(usize) -> String, tail: &str) -> String {
+    let rows: Vec<String> = (0..n).map(row).collect();
+    format!("{head}{}{tail}", rows.join(", "))
 }
 
 fn add_balance(
