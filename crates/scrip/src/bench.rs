@@ -671,6 +671,7 @@ async fn bench(
         (Some(b), Some(a)) => Some(StoreDelta {
             groups: a.0.saturating_sub(b.0),
             operations: a.1.saturating_sub(b.1),
+            log_syncs: a.2.saturating_sub(b.2),
         }),
         _ => None,
     };
@@ -705,8 +706,9 @@ struct Phase {
     progress: bool,
 }
 
-/// `scrip_store_write_groups_total` and `scrip_store_write_operations_total`.
-async fn store_counters(url: &str) -> Option<(u64, u64)> {
+/// `scrip_store_write_groups_total`, `scrip_store_write_operations_total`
+/// and `scrip_store_log_syncs_total`.
+async fn store_counters(url: &str) -> Option<(u64, u64, u64)> {
     let text = reqwest::get(format!("{url}/metrics"))
         .await
         .ok()?
@@ -722,12 +724,14 @@ async fn store_counters(url: &str) -> Option<(u64, u64)> {
     Some((
         counter("scrip_store_write_groups_total")?,
         counter("scrip_store_write_operations_total")?,
+        counter("scrip_store_log_syncs_total")?,
     ))
 }
 
 struct StoreDelta {
     groups: u64,
     operations: u64,
+    log_syncs: u64,
 }
 
 // --- load --------------------------------------------------------------------
@@ -2091,11 +2095,13 @@ impl Report {
             Some(d) => {
                 let _ = writeln!(
                     s,
-                    "\nstore: {} write groups, {} operations: {:.1} operations per group commit ({:.0} commits/s)",
+                    "\nstore: {} write groups, {} operations: {:.1} operations per group commit ({:.0} commits/s); {} log syncs ({:.0}/s)",
                     d.groups,
                     d.operations,
                     d.operations as f64 / d.groups.max(1) as f64,
-                    self.per_second(d.groups)
+                    self.per_second(d.groups),
+                    d.log_syncs,
+                    self.per_second(d.log_syncs)
                 );
             }
             None => {
@@ -2181,6 +2187,7 @@ impl Report {
                 "write_groups": d.groups,
                 "write_operations": d.operations,
                 "operations_per_group": d.operations as f64 / d.groups.max(1) as f64,
+                "log_syncs": d.log_syncs,
             })),
             "hot": self.warmup.as_ref().map(|w| json!({
                 "warmup_charges_per_s": w.rate,

@@ -120,7 +120,7 @@ pub async fn render(State(state): State<AppState>) -> Response {
     let w = state.store.write_stats();
     let _ = writeln!(
         text,
-        "# HELP scrip_store_write_groups_total Write transactions committed (one fsync each)."
+        "# HELP scrip_store_write_groups_total Write transactions committed."
     );
     let _ = writeln!(text, "# TYPE scrip_store_write_groups_total counter");
     let _ = writeln!(text, "scrip_store_write_groups_total {}", w.groups);
@@ -130,6 +130,12 @@ pub async fn render(State(state): State<AppState>) -> Response {
     );
     let _ = writeln!(text, "# TYPE scrip_store_write_operations_total counter");
     let _ = writeln!(text, "scrip_store_write_operations_total {}", w.operations);
+    let _ = writeln!(
+        text,
+        "# HELP scrip_store_log_syncs_total Flushes of the write-ahead log to disk (one can cover several write transactions)."
+    );
+    let _ = writeln!(text, "# TYPE scrip_store_log_syncs_total counter");
+    let _ = writeln!(text, "scrip_store_log_syncs_total {}", w.log_syncs);
     let mut r = text.into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,

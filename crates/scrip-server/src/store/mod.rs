@@ -100,10 +100,13 @@ impl Default for LedgerConfig {
 /// Counters of the write path, for `/metrics` and tests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WriteStats {
-    /// Transactions committed (each one fsync).
+    /// Transactions committed.
     pub groups: u64,
     /// Operations committed inside them.
     pub operations: u64,
+    /// Times the log was flushed to disk (one flush can cover several
+    /// groups).
+    pub log_syncs: u64,
 }
 
 #[async_trait]

@@ -1939,6 +1939,9 @@ impl Store for PgStore {
         WriteStats {
             groups: n,
             operations: n,
+            // PostgreSQL flushes its own WAL (and groups the flushes of
+            // concurrent commits); each commit waits for one.
+            log_syncs: n,
         }
     }
 

@@ -287,6 +287,7 @@ pub struct SqliteStore {
     ledger: LedgerConfig,
     auth: AuthCache,
     stats: Arc<WriterStats>,
+    durability: Arc<Durability>,
     jobs: SyncSender<Job>,
     /// The checkpoint thread runs while this lives.
     _checkpointing: Arc<()>,
@@ -346,13 +347,29 @@ impl SqliteStore {
             "wal_autocheckpoint",
             limits::SQLITE_WAL_BACKSTOP_PAGES,
         )?;
+        // The writer's COMMIT only appends to the WAL; the syncer thread
+        // fsyncs it, and answers a group's callers only once the WAL is on
+        // disk past the group's commit. The writer goes on with the next
+        // group meanwhile, and one fsync covers every group committed
+        // while the previous one ran.
+        writer.pragma_update(None, "synchronous", "NORMAL")?;
+        let wal = std::fs::File::open(wal_path(path)).map_err(|e| {
+            StoreError::Database(format!("cannot open the write-ahead log to sync it: {e}"))
+        })?;
         let (jobs, queue) = sync_channel::<Job>(limits::WRITER_QUEUE_MAX);
+        let (to_syncer, committed) = std::sync::mpsc::channel::<Committed>();
         let stats = Arc::new(WriterStats::default());
-        let writer_stats = stats.clone();
+        let durability = Arc::new(Durability::new());
+        let (writer_stats, writer_durability) = (stats.clone(), durability.clone());
         std::thread::Builder::new()
             .name("scrip-sqlite-writer".into())
-            .spawn(move || writer_loop(writer, queue, &writer_stats))
+            .spawn(move || writer_loop(writer, queue, &writer_stats, &writer_durability, &to_syncer))
             .map_err(|e| StoreError::Database(format!("cannot start the writer thread: {e}")))?;
+        let syncer_durability = durability.clone();
+        std::thread::Builder::new()
+            .name("scrip-sqlite-syncer".into())
+            .spawn(move || syncer_loop(&wal, &committed, &syncer_durability))
+            .map_err(|e| StoreError::Database(format!("cannot start the syncer thread: {e}")))?;
         let checkpointer = open_connection(path)?;
         let alive = Arc::new(());
         let watch = Arc::downgrade(&alive);
@@ -367,6 +384,7 @@ impl SqliteStore {
             auth: AuthCache::default(),
             ledger,
             stats,
+            durability,
             jobs,
             _checkpointing: alive,
             readers: Arc::new(Mutex::new(Vec::new())),
@@ -493,7 +511,18 @@ impl SqliteStore {
     /// microseconds with their pages cached. Handing those to
     /// `spawn_blocking` cost more than the read itself (a thread wake-up
     /// and a context switch each way). Anything that scans uses `read`.
-    fn read_now<T>(&self, op: impl FnOnce(&Connection) -> StoreResult<T>) -> StoreResult<T> {
+    ///
+    /// Like every read, it answers only once what it saw is on disk.
+    async fn read_now<T>(&self, op: impl FnOnce(&Connection) -> StoreResult<T>) -> StoreResult<T> {
+        let value = self.read_unsynced(op)?;
+        self.durability.until_durable(self.durability.seen()).await?;
+        Ok(value)
+    }
+
+    /// `read_now` without waiting for what it saw to be on disk: only for
+    /// a charge's pre-check, whose result is never shown to anyone (the
+    /// writer decides again, and its answer waits for the disk).
+    fn read_unsynced<T>(&self, op: impl FnOnce(&Connection) -> StoreResult<T>) -> StoreResult<T> {
         let pooled = self.readers.lock().ok().and_then(|mut pool| pool.pop());
         let conn = match pooled {
             Some(c) => c,
@@ -509,7 +538,9 @@ impl SqliteStore {
     }
 
     /// Runs `op` on a read connection in one read transaction (a consistent
-    /// snapshot), off the async runtime.
+    /// snapshot), off the async runtime. It answers only once every commit
+    /// its snapshot could include is on disk, so no response ever shows what
+    /// a crash could still take back.
     async fn read<T, F>(&self, op: F) -> StoreResult<T>
     where
         T: Send + 'static,
@@ -523,7 +554,7 @@ impl SqliteStore {
             .map_err(|_| StoreError::Database("the read pool is closed".into()))?;
         let readers = self.readers.clone();
         let path = self.path.clone();
-        tokio::task::spawn_blocking(move || {
+        let value = tokio::task::spawn_blocking(move || {
             let pooled = readers.lock().ok().and_then(|mut pool| pool.pop());
             let conn = match pooled {
                 Some(c) => c,
@@ -538,7 +569,9 @@ impl SqliteStore {
             result
         })
         .await
-        .map_err(|e| StoreError::Database(format!("read task failed: {e}")))?
+        .map_err(|e| StoreError::Database(format!("read task failed: {e}")))??;
+        self.durability.until_durable(self.durability.seen()).await?;
+        Ok(value)
     }
 }
 
@@ -602,8 +635,19 @@ struct WriterStats {
 /// transaction is rolled back and the rerunnable operations run again, each
 /// in a savepoint of its own, so that only that one fails. Then every
 /// other operation runs in a savepoint of its own.
-fn writer_loop(conn: Connection, queue: Receiver<Job>, stats: &WriterStats) {
+fn writer_loop(
+    conn: Connection,
+    queue: Receiver<Job>,
+    stats: &WriterStats,
+    durability: &Durability,
+    syncer: &std::sync::mpsc::Sender<Committed>,
+) {
     while let Ok(first) = queue.recv() {
+        if durability.failed() {
+            // The log could not be synced: nothing more is written. Dropping
+            // a job tells its caller it failed.
+            continue;
+        }
         let mut group = vec![first];
         while group.len() < limits::WRITER_BATCH_MAX {
             match queue.try_recv() {
@@ -660,6 +704,9 @@ fn writer_loop(conn: Connection, queue: Receiver<Job>, stats: &WriterStats) {
             }
             replies.push(job(&conn));
         }
+        // Numbered before COMMIT makes it visible: a reader that sees any
+        // of it also sees a number at least this one, and waits for it.
+        let seq = durability.begin_commit();
         let committed = !conn.is_autocommit() && conn.execute_batch("COMMIT").is_ok();
         if !committed {
             tracing::error!(operations, "group commit failed; rolling back");
@@ -671,11 +718,130 @@ fn writer_loop(conn: Connection, queue: Receiver<Job>, stats: &WriterStats) {
                 .operations
                 .fetch_add(operations as u64, Ordering::Relaxed);
         }
-        for op in rerunnable {
-            op.answer(committed);
+        let group = Committed {
+            seq,
+            committed,
+            rerunnable,
+            replies,
+        };
+        if let Err(std::sync::mpsc::SendError(group)) = syncer.send(group) {
+            // No syncer: nothing can be made durable, so nothing succeeded.
+            group.answer(false);
         }
-        for reply in replies {
-            reply(committed);
+    }
+}
+
+/// A group the writer has committed (or failed to), waiting for the
+/// syncer to make it durable before its callers are answered.
+struct Committed {
+    seq: u64,
+    committed: bool,
+    rerunnable: Vec<Box<dyn Rerun>>,
+    replies: Vec<Reply>,
+}
+
+impl Committed {
+    fn answer(self, durable: bool) {
+        let ok = self.committed && durable;
+        for op in self.rerunnable {
+            op.answer(ok);
+        }
+        for reply in self.replies {
+            reply(ok);
+        }
+    }
+}
+
+/// Commit numbers: the last group the writer began to commit, and the last
+/// one the syncer made durable (every group up to it is on disk).
+struct Durability {
+    begun: AtomicU64,
+    synced: tokio::sync::watch::Sender<Synced>,
+    syncs: AtomicU64,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Synced {
+    upto: u64,
+    /// An fsync failed: what the log holds is unknown, nothing more is
+    /// written or read.
+    failed: bool,
+}
+
+impl Durability {
+    fn new() -> Durability {
+        Durability {
+            begun: AtomicU64::new(0),
+            synced: tokio::sync::watch::Sender::new(Synced::default()),
+            syncs: AtomicU64::new(0),
+        }
+    }
+
+    fn begin_commit(&self) -> u64 {
+        self.begun.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// The newest commit a read that has just finished could have seen.
+    fn seen(&self) -> u64 {
+        self.begun.load(Ordering::SeqCst)
+    }
+
+    fn failed(&self) -> bool {
+        self.synced.borrow().failed
+    }
+
+    async fn until_durable(&self, seq: u64) -> StoreResult<()> {
+        let synced = *self.synced.borrow();
+        let synced = if synced.upto >= seq || synced.failed {
+            synced
+        } else {
+            let mut watch = self.synced.subscribe();
+            let found = watch
+                .wait_for(|s| s.upto >= seq || s.failed)
+                .await
+                .map_err(|_| StoreError::Database("the log syncer has stopped".into()))?;
+            *found
+        };
+        if synced.failed {
+            return Err(StoreError::Database(
+                "the write-ahead log could not be synced to disk".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn wal_path(db: &Path) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push("-wal");
+    PathBuf::from(name)
+}
+
+/// The syncer: fsyncs the WAL once for every group committed since the last
+/// fsync, then answers their callers. An fsync that fails leaves the log in
+/// an unknown state (the kernel may have dropped the pages it could not
+/// write), so the store stops: every caller since is told its write failed.
+fn syncer_loop(
+    wal: &std::fs::File,
+    groups: &std::sync::mpsc::Receiver<Committed>,
+    durability: &Durability,
+) {
+    while let Ok(first) = groups.recv() {
+        let mut ready = vec![first];
+        while let Ok(group) = groups.try_recv() {
+            ready.push(group);
+        }
+        let upto = ready.iter().map(|g| g.seq).max().unwrap_or(0);
+        let synced = !durability.failed() && wal.sync_data().is_ok();
+        durability.syncs.fetch_add(1, Ordering::Relaxed);
+        if synced {
+            durability.synced.send_modify(|s| s.upto = s.upto.max(upto));
+        } else {
+            tracing::error!("fsync of the write-ahead log failed; the store stops writing");
+            durability.synced.send_modify(|s| s.failed = true);
+        }
+        for group in ready {
+            group.answer(synced);
         }
     }
 }
@@ -1334,6 +1500,7 @@ impl Store for SqliteStore {
         WriteStats {
             groups: self.stats.groups.load(Ordering::Relaxed),
             operations: self.stats.operations.load(Ordering::Relaxed),
+            log_syncs: self.durability.syncs.load(Ordering::Relaxed),
         }
     }
 
@@ -1998,6 +2165,7 @@ impl Store for SqliteStore {
             }
             _ => Err(not_found("payment_token", &id)),
         })
+        .await
     }
 
     async fn tokens(
@@ -2099,7 +2267,7 @@ impl Store for SqliteStore {
         token: SecretHash,
         now: UnixSecs,
     ) -> StoreResult<Option<ChargeContext>> {
-        self.read_now(move |conn| {
+        self.read_unsynced(move |conn| {
             let token_id: Option<String> = conn
                 .prepare_cached(
                     "SELECT object_id FROM api_secrets WHERE hash = ?1 AND role = 'token'",
@@ -3132,5 +3300,42 @@ mod tests {
             .unwrap();
         assert_eq!(mode, "wal");
         assert_eq!(sync, 2, "synchronous=FULL");
+    }
+
+    /// The writer's COMMIT does not fsync (synchronous=NORMAL); the syncer
+    /// does, and a caller hears of its write only after that.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_write_is_answered_only_once_the_log_is_synced_past_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            Arc::new(SqliteStore::open(&dir.path().join("db"), LedgerConfig::default()).unwrap());
+        let mut tasks = Vec::new();
+        for i in 0..200 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                // The write's group is numbered after every group begun
+                // before it was sent.
+                let before = store.durability.seen();
+                store
+                    .create_customer(customer(&format!("cus_{i}")), None)
+                    .await
+                    .unwrap();
+                let synced = *store.durability.synced.borrow();
+                assert!(
+                    synced.upto > before,
+                    "answered before the log was synced past it: {synced:?}, {before}"
+                );
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert!(store.durability.syncs.load(Ordering::Relaxed) > 0);
+        // Reopened (a crash short of losing the OS's cache), it is all there.
+        drop(store);
+        let store = SqliteStore::open(&dir.path().join("db"), LedgerConfig::default()).unwrap();
+        for i in 0..200 {
+            store.customer(&format!("cus_{i}")).await.unwrap();
+        }
     }
 }
