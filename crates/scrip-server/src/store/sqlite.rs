@@ -363,7 +363,9 @@ impl SqliteStore {
         let (writer_stats, writer_durability) = (stats.clone(), durability.clone());
         std::thread::Builder::new()
             .name("scrip-sqlite-writer".into())
-            .spawn(move || writer_loop(writer, queue, &writer_stats, &writer_durability, &to_syncer))
+            .spawn(move || {
+                writer_loop(writer, queue, &writer_stats, &writer_durability, &to_syncer)
+            })
             .map_err(|e| StoreError::Database(format!("cannot start the writer thread: {e}")))?;
         let syncer_durability = durability.clone();
         std::thread::Builder::new()
@@ -515,7 +517,9 @@ impl SqliteStore {
     /// Like every read, it answers only once what it saw is on disk.
     async fn read_now<T>(&self, op: impl FnOnce(&Connection) -> StoreResult<T>) -> StoreResult<T> {
         let value = self.read_unsynced(op)?;
-        self.durability.until_durable(self.durability.seen()).await?;
+        self.durability
+            .until_durable(self.durability.seen())
+            .await?;
         Ok(value)
     }
 
@@ -570,7 +574,9 @@ impl SqliteStore {
         })
         .await
         .map_err(|e| StoreError::Database(format!("read task failed: {e}")))??;
-        self.durability.until_durable(self.durability.seen()).await?;
+        self.durability
+            .until_durable(self.durability.seen())
+            .await?;
         Ok(value)
     }
 }
