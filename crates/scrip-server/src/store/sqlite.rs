@@ -630,17 +630,24 @@ struct WriterStats {
     reruns: AtomicU64,
 }
 
-/// The writer: takes every queued operation (up to `WRITER_BATCH_MAX`) as
-/// one group, runs them in one transaction and answers their callers only
-/// after `COMMIT` (one fsync for the group) returned.
+/// The writer: runs queued operations in one transaction (a group) and
+/// hands the committed group to the syncer, which answers their callers
+/// once the WAL is on disk past it.
 ///
-/// Operations in one group were all in flight at once, so any order among
+/// A group is open as long as the syncer is still flushing earlier ones (it
+/// could not be durable sooner) and it holds fewer than `WRITER_BATCH_MAX`
+/// operations: what arrives meanwhile runs in it, one wave per batch taken
+/// from the queue. Under load the group grows to what one fsync can cover;
+/// idle, an operation is committed and synced at once.
+///
+/// Operations in one wave were all in flight at once, so any order among
 /// them is a valid serial order: rerunnable ones run first, without
-/// savepoints. One that fails without having changed a row needs nothing
-/// undone. One that fails after changing rows cannot be undone alone: the
-/// transaction is rolled back and the rerunnable operations run again, each
-/// in a savepoint of its own, so that only that one fails. Then every
-/// other operation runs in a savepoint of its own.
+/// savepoints of their own. One that fails without having changed a row
+/// needs nothing undone. One that fails after changing rows cannot be
+/// undone alone: the wave is rolled back to its savepoint and its
+/// rerunnable operations run again, each in a savepoint of its own, so that
+/// only that one fails. Then every other operation runs in a savepoint of
+/// its own.
 fn writer_loop(
     conn: Connection,
     queue: Receiver<Job>,
@@ -654,86 +661,137 @@ fn writer_loop(
             // a job tells its caller it failed.
             continue;
         }
-        let mut group = vec![first];
-        while group.len() < limits::WRITER_BATCH_MAX {
-            match queue.try_recv() {
-                Ok(job) => group.push(job),
-                Err(_) => break,
-            }
-        }
-        let operations = group.len();
-        let mut rerunnable = Vec::new();
-        let mut once = Vec::new();
-        for job in group {
-            match job {
-                Job::Rerunnable(op) => rerunnable.push(op),
-                Job::Once(op) => once.push(op),
-            }
-        }
         if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
             // Outside a transaction each job's savepoint would commit on its
             // own while its caller is told the group failed: run none of
             // them. Dropping a job drops its reply channel, so its caller
             // gets an error and nothing was written.
-            tracing::error!(error = %e, operations, "the writer could not begin a transaction");
-            for op in rerunnable {
+            tracing::error!(error = %e, "the writer could not begin a transaction");
+            if let Job::Rerunnable(op) = first {
                 op.answer(false);
             }
             continue;
         }
-        if !run_optimistically(&conn, &mut rerunnable) {
-            stats.reruns.fetch_add(1, Ordering::Relaxed);
-            let restarted = conn
-                .execute_batch("ROLLBACK")
-                .and_then(|()| conn.execute_batch("BEGIN IMMEDIATE"));
-            if let Err(e) = restarted {
-                tracing::error!(error = %e, operations, "the writer could not restart a transaction");
-                let _ = conn.execute_batch("ROLLBACK");
-                for op in rerunnable {
-                    op.answer(false);
+        let mut group = Group::default();
+        let mut wave = vec![first];
+        loop {
+            while group.operations + wave.len() < limits::WRITER_BATCH_MAX {
+                match queue.try_recv() {
+                    Ok(job) => wave.push(job),
+                    Err(_) => break,
                 }
-                continue;
             }
-            for op in &mut rerunnable {
-                // A failed statement can end the transaction: then nothing
-                // more may run, or it would commit on its own.
-                if conn.is_autocommit() {
-                    break;
-                }
-                op.run(&conn, true);
-            }
-        }
-        let mut replies = Vec::with_capacity(once.len());
-        for job in once {
-            if conn.is_autocommit() {
+            run_wave(&conn, wave, &mut group, stats);
+            if group.broken || conn.is_autocommit() || group.operations >= limits::WRITER_BATCH_MAX
+            {
                 break;
             }
-            replies.push(job(&conn));
+            wave = Vec::new();
+            while durability.syncing() {
+                match queue.recv_timeout(WRITER_WAIT_SLICE) {
+                    Ok(job) => {
+                        wave.push(job);
+                        break;
+                    }
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            }
+            if wave.is_empty() {
+                break;
+            }
         }
         // Numbered before COMMIT makes it visible: a reader that sees any
         // of it also sees a number at least this one, and waits for it.
         let seq = durability.begin_commit();
-        let committed = !conn.is_autocommit() && conn.execute_batch("COMMIT").is_ok();
+        let committed =
+            !group.broken && !conn.is_autocommit() && conn.execute_batch("COMMIT").is_ok();
         if !committed {
-            tracing::error!(operations, "group commit failed; rolling back");
+            tracing::error!(
+                operations = group.operations,
+                "group commit failed; rolling back"
+            );
             let _ = conn.execute_batch("ROLLBACK");
         }
         if committed {
             stats.groups.fetch_add(1, Ordering::Relaxed);
             stats
                 .operations
-                .fetch_add(operations as u64, Ordering::Relaxed);
+                .fetch_add(group.operations as u64, Ordering::Relaxed);
         }
         let group = Committed {
             seq,
             committed,
-            rerunnable,
-            replies,
+            rerunnable: group.rerunnable,
+            replies: group.replies,
         };
+        durability.handed_to_syncer();
         if let Err(std::sync::mpsc::SendError(group)) = syncer.send(group) {
             // No syncer: nothing can be made durable, so nothing succeeded.
+            durability.synced_one();
             group.answer(false);
         }
+    }
+}
+
+/// While the syncer is busy, how long the writer waits for another
+/// operation before it looks again whether the syncer is done.
+const WRITER_WAIT_SLICE: std::time::Duration = std::time::Duration::from_micros(100);
+
+/// The operations run so far in the open transaction.
+#[derive(Default)]
+struct Group {
+    operations: usize,
+    rerunnable: Vec<Box<dyn Rerun>>,
+    replies: Vec<Reply>,
+    /// The transaction can no longer commit (a wave could not be rolled
+    /// back to its savepoint).
+    broken: bool,
+}
+
+/// Runs one wave of operations inside the group's transaction (see
+/// `writer_loop`).
+fn run_wave(conn: &Connection, wave: Vec<Job>, group: &mut Group, stats: &WriterStats) {
+    group.operations += wave.len();
+    let mut rerunnable = Vec::new();
+    let mut once = Vec::new();
+    for job in wave {
+        match job {
+            Job::Rerunnable(op) => rerunnable.push(op),
+            Job::Once(op) => once.push(op),
+        }
+    }
+    let savepoint = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([]));
+    if savepoint("SAVEPOINT wave").is_err() {
+        group.broken = true;
+        group.rerunnable.extend(rerunnable);
+        return;
+    }
+    if !run_optimistically(conn, &mut rerunnable) {
+        stats.reruns.fetch_add(1, Ordering::Relaxed);
+        if conn.is_autocommit() || savepoint("ROLLBACK TO wave").is_err() {
+            group.broken = true;
+            group.rerunnable.extend(rerunnable);
+            return;
+        }
+        for op in &mut rerunnable {
+            // A failed statement can end the transaction: then nothing
+            // more may run, or it would commit on its own.
+            if conn.is_autocommit() {
+                break;
+            }
+            op.run(conn, true);
+        }
+    }
+    group.rerunnable.extend(rerunnable);
+    for job in once {
+        if conn.is_autocommit() {
+            break;
+        }
+        group.replies.push(job(conn));
+    }
+    if conn.is_autocommit() || savepoint("RELEASE wave").is_err() {
+        group.broken = true;
     }
 }
 
@@ -764,6 +822,8 @@ struct Durability {
     begun: AtomicU64,
     synced: tokio::sync::watch::Sender<Synced>,
     syncs: AtomicU64,
+    /// Groups handed to the syncer and not yet answered.
+    at_syncer: AtomicU64,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -780,7 +840,21 @@ impl Durability {
             begun: AtomicU64::new(0),
             synced: tokio::sync::watch::Sender::new(Synced::default()),
             syncs: AtomicU64::new(0),
+            at_syncer: AtomicU64::new(0),
         }
+    }
+
+    fn handed_to_syncer(&self) {
+        self.at_syncer.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn synced_one(&self) {
+        self.at_syncer.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Whether the syncer still has groups to flush.
+    fn syncing(&self) -> bool {
+        self.at_syncer.load(Ordering::Acquire) > 0
     }
 
     fn begin_commit(&self) -> u64 {
@@ -848,6 +922,7 @@ fn syncer_loop(
         }
         for group in ready {
             group.answer(synced);
+            durability.synced_one();
         }
     }
 }
