@@ -1,11 +1,13 @@
-//! The embedded store: SQLite in WAL mode with `synchronous=FULL`.
+//! The embedded store: SQLite in WAL mode.
 //!
 //! Every write runs on one writer thread that commits whatever operations
-//! are queued as one group: one transaction and one fsync per group, each
-//! operation inside its own savepoint so it stays all-or-nothing. Callers
-//! hear back only after the group's COMMIT returned, so every acknowledged
-//! write is on disk. Reads use a small pool of their own connections and
-//! never wait for the writer (WAL readers see the last committed state).
+//! are queued as one group (one transaction), every operation all-or-nothing
+//! (see `writer_loop`). A syncer thread fsyncs the WAL past each committed
+//! group before its callers hear back, so every acknowledged write is on
+//! disk, and one fsync covers every group committed meanwhile. Reads use a
+//! small pool of their own connections and never wait for the writer (WAL
+//! readers see the last committed state); they answer once what they saw is
+//! on disk.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
