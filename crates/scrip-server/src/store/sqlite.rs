@@ -763,37 +763,37 @@ fn run_wave(conn: &Connection, wave: Vec<Job>, group: &mut Group, stats: &Writer
             Job::Once(op) => once.push(op),
         }
     }
-    let savepoint = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([]));
-    if savepoint("SAVEPOINT wave").is_err() {
-        group.broken = true;
+    // The wave's savepoint covers only its rerunnable operations (the
+    // others have savepoints of their own; nesting them would journal
+    // every page they touch twice).
+    if !rerunnable.is_empty() {
+        let savepoint = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([]));
+        let mut ok = savepoint("SAVEPOINT wave").is_ok();
+        if ok && !run_optimistically(conn, &mut rerunnable) {
+            stats.reruns.fetch_add(1, Ordering::Relaxed);
+            ok = !conn.is_autocommit() && savepoint("ROLLBACK TO wave").is_ok();
+            for op in &mut rerunnable {
+                // A failed statement can end the transaction: then nothing
+                // more may run, or it would commit on its own.
+                if !ok || conn.is_autocommit() {
+                    break;
+                }
+                op.run(conn, true);
+            }
+        }
+        ok = ok && !conn.is_autocommit() && savepoint("RELEASE wave").is_ok();
         group.rerunnable.extend(rerunnable);
-        return;
-    }
-    if !run_optimistically(conn, &mut rerunnable) {
-        stats.reruns.fetch_add(1, Ordering::Relaxed);
-        if conn.is_autocommit() || savepoint("ROLLBACK TO wave").is_err() {
+        if !ok {
             group.broken = true;
-            group.rerunnable.extend(rerunnable);
             return;
         }
-        for op in &mut rerunnable {
-            // A failed statement can end the transaction: then nothing
-            // more may run, or it would commit on its own.
-            if conn.is_autocommit() {
-                break;
-            }
-            op.run(conn, true);
-        }
     }
-    group.rerunnable.extend(rerunnable);
     for job in once {
         if conn.is_autocommit() {
+            group.broken = true;
             break;
         }
         group.replies.push(job(conn));
-    }
-    if conn.is_autocommit() || savepoint("RELEASE wave").is_err() {
-        group.broken = true;
     }
 }
 
@@ -2159,7 +2159,7 @@ impl Store for SqliteStore {
         now: UnixSecs,
         idem: Option<IdemWrite<TokenDetails>>,
     ) -> StoreResult<TokenDetails> {
-        self.write(
+        self.write_rerunnable(
             move |conn| {
                 let t = &new.token;
                 let pm: Option<(String, bool)> = conn
