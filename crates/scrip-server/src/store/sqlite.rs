@@ -236,6 +236,17 @@ trait Rerun: Send {
     fn answer(self: Box<Self>, committed: bool);
 }
 
+/// What a write's caller hears once its group's fate is known: its own
+/// outcome if the group committed; if not, its error, or that the commit
+/// failed.
+fn settled<T>(outcome: StoreResult<T>, committed: bool) -> StoreResult<T> {
+    if committed {
+        outcome
+    } else {
+        outcome.and(Err(StoreError::Database("the group commit failed".into())))
+    }
+}
+
 struct RerunnableWrite<T, F> {
     op: F,
     idem: Option<IdemWrite<T>>,
@@ -272,10 +283,7 @@ where
 
     fn answer(self: Box<Self>, committed: bool) {
         let result = match self.outcome {
-            Some(outcome) if committed => outcome,
-            Some(outcome) => {
-                outcome.and(Err(StoreError::Database("the group commit failed".into())))
-            }
+            Some(outcome) => settled(outcome, committed),
             None => Err(StoreError::Database(
                 "the writer could not run the operation".into(),
             )),
@@ -417,12 +425,7 @@ impl SqliteStore {
                 })
             });
             Box::new(move |committed| {
-                let result = if committed {
-                    result
-                } else {
-                    result.and(Err(StoreError::Database("the group commit failed".into())))
-                };
-                let _ = reply.send(result);
+                let _ = reply.send(settled(result, committed));
             })
         }));
         self.submit(job, answer).await
@@ -1083,12 +1086,28 @@ struct TokenRow {
     provider_name: String,
 }
 
+fn cap_col(r: &Row<'_>, i: usize) -> rusqlite::Result<CapAmount> {
+    CapAmount::new(r.get(i)?).ok_or_else(|| bad_row("cap_amount"))
+}
+
+fn period_col(r: &Row<'_>, i: usize) -> rusqlite::Result<Period> {
+    r.get::<_, String>(i)?
+        .parse()
+        .map_err(|_| bad_row("cap_period"))
+}
+
+fn usage_col(r: &Row<'_>, i: usize) -> rusqlite::Result<Usage> {
+    r.get::<_, String>(i)?.parse().map_err(|_| bad_row("usage"))
+}
+
+fn token_status_col(r: &Row<'_>, i: usize) -> rusqlite::Result<StoredStatus> {
+    r.get::<_, String>(i)?
+        .parse()
+        .map_err(|_| bad_row("status"))
+}
+
 fn token_row(r: &Row<'_>) -> rusqlite::Result<TokenRow> {
-    let cap: i64 = r.get(6)?;
-    let period: String = r.get(7)?;
-    let usage: String = r.get(8)?;
-    let status: String = r.get(12)?;
-    let stored_status: StoredStatus = status.parse().map_err(|_| bad_row("status"))?;
+    let stored_status = token_status_col(r, 12)?;
     Ok(TokenRow {
         token: Token {
             id: r.get(0)?,
@@ -1097,11 +1116,9 @@ fn token_row(r: &Row<'_>) -> rusqlite::Result<TokenRow> {
             payment_method_id: r.get(3)?,
             provider_id: r.get(4)?,
             currency: currency_col(r, 5)?,
-            cap: CapAmount::new(cap).ok_or_else(|| bad_row("cap_amount"))?,
-            period: period
-                .parse::<Period>()
-                .map_err(|_| bad_row("cap_period"))?,
-            usage: usage.parse::<Usage>().map_err(|_| bad_row("usage"))?,
+            cap: cap_col(r, 6)?,
+            period: period_col(r, 7)?,
+            usage: usage_col(r, 8)?,
             max_per_charge: r.get(9)?,
             expires_at: r.get(10)?,
             parent_id: r.get(11)?,
@@ -1323,11 +1340,6 @@ fn load_chain(conn: &Connection, token_id: &str, now: UnixSecs) -> StoreResult<V
         }
         let Some((link, parent, newest)) = stmt
             .query_row([&id], |r| {
-                let cap: i64 = r.get(2)?;
-                let period: String = r.get(3)?;
-                let usage: String = r.get(4)?;
-                let status: String = r.get(8)?;
-                let stored: StoredStatus = status.parse().map_err(|_| bad_row("status"))?;
                 let newest: Option<(UnixSecs, Spend)> = match r.get::<_, Option<i64>>(12)? {
                     Some(start) => Some((
                         start,
@@ -1341,17 +1353,15 @@ fn load_chain(conn: &Connection, token_id: &str, now: UnixSecs) -> StoreResult<V
                 let scope = Scope {
                     provider_id: r.get(0)?,
                     currency: currency_col(r, 1)?,
-                    cap: CapAmount::new(cap).ok_or_else(|| bad_row("cap_amount"))?,
-                    period: period
-                        .parse::<Period>()
-                        .map_err(|_| bad_row("cap_period"))?,
-                    usage: usage.parse::<Usage>().map_err(|_| bad_row("usage"))?,
+                    cap: cap_col(r, 2)?,
+                    period: period_col(r, 3)?,
+                    usage: usage_col(r, 4)?,
                     max_per_charge: r.get(5)?,
                     expires_at: r.get(6)?,
                     created: r.get(9)?,
                 };
                 let standing = Standing {
-                    stored,
+                    stored: token_status_col(r, 8)?,
                     credential_active: r.get(10)?,
                     payment_method_active: r.get(11)?,
                 };
