@@ -28,12 +28,13 @@ use futures_util::future::{try_join, try_join3, try_join4};
 use scrip_core::limits;
 use scrip_core::money::{CapAmount, Currency};
 use scrip_core::period::Period;
-use scrip_core::token::{self, ChargeRequest, Link, Spend, Standing, Status, StoredStatus, Usage};
+use scrip_core::token::{self, Link, Spend, Standing, Status, StoredStatus, Usage};
 use scrip_core::UnixSecs;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row, Statement};
 
+mod charges;
 mod ledger;
 mod outbox;
 
@@ -328,6 +329,14 @@ impl Fail {
         }
     }
 
+    /// One line for the log.
+    fn describe(&self) -> String {
+        match self {
+            Fail::Store(e) => e.to_string(),
+            Fail::Pg(e) => describe_pg_error(e),
+        }
+    }
+
     fn into_store(self) -> StoreError {
         match self {
             Fail::Store(e) => e,
@@ -394,6 +403,8 @@ enum Mode {
 /// An audit record waiting for the end of its transaction, when the chain
 /// head is locked and its hash computed.
 struct PendingAudit {
+    /// Who acted, and in which request.
+    identity: (String, Option<String>),
     created: i64,
     action: String,
     object_id: String,
@@ -503,8 +514,23 @@ impl Tx {
         code: Option<&str>,
         now: i64,
     ) {
+        self.audit_as(&self.identity, action, object_id, outcome, code, now);
+    }
+
+    /// [`Tx::audit`] for another caller's request (one transaction may
+    /// carry several callers' operations).
+    pub(super) fn audit_as(
+        &self,
+        identity: &(String, Option<String>),
+        action: &str,
+        object_id: &str,
+        outcome: &str,
+        code: Option<&str>,
+        now: i64,
+    ) {
         if let Ok(mut pending) = self.audit.lock() {
             pending.push(PendingAudit {
+                identity: identity.clone(),
                 created: now,
                 action: action.to_owned(),
                 object_id: object_id.to_owned(),
@@ -565,13 +591,13 @@ impl Tx {
         }
     }
 
-    /// Writes the idempotent response, the balances and the audit records,
+    /// Writes the idempotent responses, the balances and the audit records,
     /// then commits, all in one flight: the statements are prepared first,
     /// then sent back to back with the `COMMIT` last, so the hot rows (the
     /// balances and the audit chain head, locked in that order) are held
     /// only while the server runs them and flushes the commit, never while
     /// a reply travels to this node and back.
-    async fn commit(mut self, response: Option<Remembered>) -> PgResult<()> {
+    async fn commit(mut self, responses: Vec<Remembered>) -> PgResult<()> {
         let balances = match self.balances.lock() {
             Ok(mut b) => std::mem::take(&mut *b),
             Err(_) => {
@@ -592,18 +618,18 @@ impl Tx {
         let balances = BalanceArrays::from(balances);
         let audit = AuditArrays::from(audit);
         let remember = async {
-            if let Some(r) = &response {
-                let status = i64::from(r.status);
+            if !responses.is_empty() {
+                let r = RememberArrays::from(responses);
                 this.conn()?
                     .execute(
                         &remember_stmt,
                         &[
-                            &r.actor,
-                            &r.key,
-                            &status,
-                            &r.sealed.key_id,
-                            &r.sealed.nonce,
-                            &r.sealed.ciphertext,
+                            &r.actors,
+                            &r.keys,
+                            &r.statuses,
+                            &r.key_ids,
+                            &r.nonces,
+                            &r.bodies,
                         ],
                     )
                     .await?;
@@ -635,8 +661,8 @@ impl Tx {
                         &[
                             &audit.ids,
                             &audit.created,
-                            &this.identity.0,
-                            &this.identity.1,
+                            &audit.actors,
+                            &audit.request_ids,
                             &audit.actions,
                             &audit.objects,
                             &audit.outcomes,
@@ -653,10 +679,12 @@ impl Tx {
     }
 }
 
-/// Fills in an idempotency record claimed at the start of the transaction.
+/// Fills in idempotency records claimed at the start of the transaction.
 const REMEMBER_RESPONSE: &str =
-    "UPDATE idempotency SET status = $3, key_id = $4, nonce = $5, body = $6
-     WHERE actor = $1 AND key = $2";
+    "UPDATE idempotency i SET status = r.status, key_id = r.key_id, nonce = r.nonce, body = r.body
+     FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::bytea[], $6::bytea[])
+       AS r(actor, key, status, key_id, nonce, body)
+     WHERE i.actor = r.actor AND i.key = r.key";
 
 /// Adds to materialized balances, in the order given (key order).
 const UPSERT_BALANCES: &str =
@@ -671,9 +699,10 @@ const UPSERT_BALANCES: &str =
 /// [`CHAIN_AUDIT`] links them onto the chain.
 const APPEND_AUDIT: &str =
     "INSERT INTO audit_pending (id, created, actor, request_id, action, object_id, outcome, code)
-     SELECT i, c, $3::text, $4::text, a, o, u, k
-     FROM unnest($1::text[], $2::bigint[], $5::text[], $6::text[], $7::text[], $8::text[])
-       WITH ORDINALITY AS t(i, c, a, o, u, k, n) ORDER BY n";
+     SELECT i, c, w, r, a, o, u, k
+     FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],
+                 $7::text[], $8::text[])
+       WITH ORDINALITY AS t(i, c, w, r, a, o, u, k, n) ORDER BY n";
 
 /// Links up to `$1` pending audit records onto the hash chain (see
 /// `scrip_audit_chain` in the migrations: it locks the head and hashes each
@@ -714,6 +743,8 @@ impl From<Balances> for BalanceArrays {
 struct AuditArrays {
     ids: Vec<String>,
     created: Vec<i64>,
+    actors: Vec<String>,
+    request_ids: Vec<Option<String>>,
     actions: Vec<String>,
     objects: Vec<String>,
     outcomes: Vec<String>,
@@ -725,6 +756,8 @@ impl From<Vec<PendingAudit>> for AuditArrays {
         let mut a = AuditArrays {
             ids: Vec::with_capacity(pending.len()),
             created: Vec::with_capacity(pending.len()),
+            actors: Vec::with_capacity(pending.len()),
+            request_ids: Vec::with_capacity(pending.len()),
             actions: Vec::with_capacity(pending.len()),
             objects: Vec::with_capacity(pending.len()),
             outcomes: Vec::with_capacity(pending.len()),
@@ -733,6 +766,8 @@ impl From<Vec<PendingAudit>> for AuditArrays {
         for p in pending {
             a.ids.push(new_id("ae"));
             a.created.push(p.created);
+            a.actors.push(p.identity.0);
+            a.request_ids.push(p.identity.1);
             a.actions.push(p.action);
             a.objects.push(p.object_id);
             a.outcomes.push(p.outcome);
@@ -756,6 +791,38 @@ struct Remembered {
     key: String,
     status: u16,
     sealed: Sealed,
+}
+
+/// Remembered responses as statement arrays.
+struct RememberArrays {
+    actors: Vec<String>,
+    keys: Vec<String>,
+    statuses: Vec<i64>,
+    key_ids: Vec<String>,
+    nonces: Vec<Vec<u8>>,
+    bodies: Vec<Vec<u8>>,
+}
+
+impl From<Vec<Remembered>> for RememberArrays {
+    fn from(responses: Vec<Remembered>) -> RememberArrays {
+        let mut a = RememberArrays {
+            actors: Vec::with_capacity(responses.len()),
+            keys: Vec::with_capacity(responses.len()),
+            statuses: Vec::with_capacity(responses.len()),
+            key_ids: Vec::with_capacity(responses.len()),
+            nonces: Vec::with_capacity(responses.len()),
+            bodies: Vec::with_capacity(responses.len()),
+        };
+        for r in responses {
+            a.actors.push(r.actor);
+            a.keys.push(r.key);
+            a.statuses.push(i64::from(r.status));
+            a.key_ids.push(r.sealed.key_id);
+            a.nonces.push(r.sealed.nonce);
+            a.bodies.push(r.sealed.ciphertext);
+        }
+        a
+    }
 }
 
 async fn upsert_balances(tx: &Tx, queued: Balances) -> PgResult<()> {
@@ -796,13 +863,30 @@ async fn chain_audit_loop(pool: Pool, alive: std::sync::Weak<()>) {
     }
 }
 
+/// What a node has committed: transactions, and the operations in them
+/// (a batch of charges is one transaction of many).
+#[derive(Default)]
+struct Counters {
+    groups: AtomicU64,
+    operations: AtomicU64,
+}
+
+impl Counters {
+    fn committed_one(&self) {
+        self.groups.fetch_add(1, Ordering::Relaxed);
+        self.operations.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// The PostgreSQL store.
 pub struct PgStore {
     pool: Pool,
     ledger: LedgerConfig,
     /// Where it connects (no password), for error messages.
     target: String,
-    committed: AtomicU64,
+    counters: std::sync::Arc<Counters>,
+    /// Charges, several to a transaction.
+    charges: charges::Batcher,
     /// The audit chaining task runs while this lives.
     _chaining: std::sync::Arc<()>,
 }
@@ -880,11 +964,13 @@ impl PgStore {
             .build()
             .map_err(|e| StoreError::Database(format!("cannot build the connection pool: {e}")))?;
         let alive = std::sync::Arc::new(());
+        let counters = std::sync::Arc::new(Counters::default());
         let store = PgStore {
             pool: pool.clone(),
             ledger,
             target,
-            committed: AtomicU64::new(0),
+            charges: charges::Batcher::start(pool.clone(), ledger, counters.clone()),
+            counters,
             _chaining: alive.clone(),
         };
         store.migrate().await?;
@@ -932,6 +1018,48 @@ impl PgStore {
                 return Ok(());
             }
         }
+    }
+
+    /// [`Store::charge_context`] in a snapshot, each link's spend read for
+    /// the window of `now` (whatever rows are newer).
+    async fn charge_context_exact(
+        &self,
+        token: SecretHash,
+        now: UnixSecs,
+    ) -> StoreResult<Option<ChargeContext>> {
+        self.read(Mode::Snapshot, (token, now), |tx, (token, now)| {
+            Box::pin(async move {
+                let found = tx
+                    .query_opt(
+                        "SELECT s.object_id, pm.id, pm.key_id, pm.nonce, pm.ciphertext FROM api_secrets s
+                         JOIN tokens t ON t.id = s.object_id
+                         JOIN payment_methods pm ON pm.id = t.payment_method_id
+                         WHERE s.hash = $1 AND s.role = 'token'",
+                        &[&&token.0[..]],
+                    )
+                    .await?;
+                let Some(r) = found else {
+                    return Ok(None);
+                };
+                let token_id: String = r.try_get(0)?;
+                let chain = chain_rows(tx, &token_id, false).await?;
+                if chain.is_empty() {
+                    return Err(not_found("payment_token", &token_id).into());
+                }
+                let chain = links(tx, &chain, *now).await?;
+                Ok(Some(ChargeContext {
+                    token_id,
+                    payment_method_id: r.try_get(1)?,
+                    sealed_number: Sealed {
+                        key_id: r.try_get(2)?,
+                        nonce: r.try_get(3)?,
+                        ciphertext: r.try_get(4)?,
+                    },
+                    chain,
+                }))
+            })
+        })
+        .await
     }
 
     async fn client(&self) -> PgResult<Object> {
@@ -989,7 +1117,7 @@ impl PgStore {
                 .await
             {
                 Ok(value) => {
-                    self.committed.fetch_add(1, Ordering::Relaxed);
+                    self.counters.committed_one();
                     return Ok(value);
                 }
                 // Once the response was rendered it cannot be rendered
@@ -1056,7 +1184,7 @@ impl PgStore {
                 }
             },
         };
-        tx.commit(response).await?;
+        tx.commit(response.into_iter().collect()).await?;
         Ok(value)
     }
 
@@ -1222,20 +1350,45 @@ async fn apply_migrations(client: &ClientWrapper) -> PgResult<()> {
 /// exists (another request with the key committed first). A concurrent
 /// claim waits here until the first transaction ends.
 async fn claim_idempotency(tx: &Tx, w: &IdemClaim) -> PgResult<bool> {
-    let empty: &[u8] = &[];
-    let stale_before = w.now - limits::IDEMPOTENCY_TTL_SECS;
-    let changed = tx
-        .execute(
+    Ok(claim_many(tx, &[w])
+        .await?
+        .first()
+        .copied()
+        .unwrap_or(false))
+}
+
+/// [`claim_idempotency`] for several keys in one statement (in the order
+/// given, which callers keep sorted): whether each was claimed.
+async fn claim_many(tx: &Tx, claims: &[&IdemClaim]) -> PgResult<Vec<bool>> {
+    if claims.is_empty() {
+        return Ok(Vec::new());
+    }
+    let actors: Vec<&str> = claims.iter().map(|c| c.actor.as_str()).collect();
+    let keys: Vec<&str> = claims.iter().map(|c| c.key.as_str()).collect();
+    let hashes: Vec<&[u8]> = claims.iter().map(|c| &c.request_hash[..]).collect();
+    let nows: Vec<i64> = claims.iter().map(|c| c.now).collect();
+    let won = tx
+        .query(
             "INSERT INTO idempotency (actor, key, request_hash, status, key_id, nonce, body, created)
-             VALUES ($1, $2, $3, 0, '', $4, $4, $5)
+             SELECT a, k, h, 0, '', ''::bytea, ''::bytea, c
+             FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bigint[]) WITH ORDINALITY AS u(a, k, h, c, n)
+             ORDER BY n
              ON CONFLICT (actor, key) DO UPDATE SET request_hash = excluded.request_hash,
                status = excluded.status, key_id = excluded.key_id, nonce = excluded.nonce,
                body = excluded.body, created = excluded.created
-             WHERE idempotency.created <= $6",
-            &[&w.actor, &w.key, &&w.request_hash[..], &empty, &w.now, &stale_before],
+             WHERE idempotency.created <= excluded.created - $5
+             RETURNING actor, key",
+            &[&actors, &keys, &hashes, &nows, &limits::IDEMPOTENCY_TTL_SECS],
         )
         .await?;
-    Ok(changed > 0)
+    let mut claimed = std::collections::BTreeSet::new();
+    for r in &won {
+        claimed.insert((r.try_get::<_, String>(0)?, r.try_get::<_, String>(1)?));
+    }
+    Ok(claims
+        .iter()
+        .map(|c| claimed.contains(&(c.actor.clone(), c.key.clone())))
+        .collect())
 }
 
 // --- row mapping -------------------------------------------------------------
@@ -1625,6 +1778,73 @@ async fn chain_rows(
         .collect()
 }
 
+/// A charge's context by the token's secret hash (`$1`): the chain, child
+/// first, each link with its card's sealed number and its newest spend row
+/// (`NULL`s when it never spent).
+static CHARGE_CONTEXT_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH RECURSIVE chain(id, parent_id, depth) AS (
+             SELECT t.id, t.parent_id, 0 FROM api_secrets s JOIN tokens t ON t.id = s.object_id
+             WHERE s.hash = $1 AND s.role = 'token'
+             UNION ALL
+             SELECT t.id, t.parent_id, ch.depth + 1 FROM tokens t JOIN chain ch ON t.id = ch.parent_id
+             WHERE ch.depth < 65)
+         SELECT {TOKEN_COLS}, pm.key_id, pm.nonce, pm.ciphertext,
+                sp.period_start, sp.captured, sp.pending
+         FROM {TOKEN_FROM} JOIN chain ch ON ch.id = t.id
+         LEFT JOIN LATERAL (SELECT period_start, captured, pending FROM token_spend
+                            WHERE token_id = t.id ORDER BY period_start DESC LIMIT 1) sp ON true
+         ORDER BY ch.depth"
+    )
+});
+
+/// What the one-statement charge context read found.
+enum ContextRead {
+    Done(Option<ChargeContext>),
+    /// A link has spend rows newer than its window (the clock was set
+    /// back): read it exactly.
+    Exact,
+}
+
+/// A charge context from [`CHARGE_CONTEXT_SQL`]'s rows.
+fn context_from_newest_spends(found: &[Row], now: UnixSecs) -> PgResult<ContextRead> {
+    let Some(first) = found.first() else {
+        return Ok(ContextRead::Done(None));
+    };
+    if found.len() > 65 {
+        return Err(StoreError::Database("a token chain has a parent cycle".into()).into());
+    }
+    let mut chain = Vec::with_capacity(found.len());
+    for r in found {
+        let row = token_row(r)?;
+        let window = row.token.period.window(now, row.token.created).start;
+        let newest: Option<i64> = r.try_get(21)?;
+        let spend = match newest {
+            Some(start) if start == window => Spend {
+                captured: r.try_get(22)?,
+                pending: r.try_get(23)?,
+            },
+            Some(start) if start > window => return Ok(ContextRead::Exact),
+            _ => Spend::default(),
+        };
+        chain.push(Link {
+            scope: scope_of(&row.token),
+            standing: row.standing,
+            spend,
+        });
+    }
+    Ok(ContextRead::Done(Some(ChargeContext {
+        token_id: first.try_get(0)?,
+        payment_method_id: first.try_get(3)?,
+        sealed_number: Sealed {
+            key_id: first.try_get(18)?,
+            nonce: first.try_get(19)?,
+            ciphertext: first.try_get(20)?,
+        },
+        chain,
+    })))
+}
+
 /// The chain as the charge decision sees it: each link with its spend in
 /// the window of `now`.
 async fn links(
@@ -1708,42 +1928,65 @@ async fn apply_spend(
     captured_delta: i64,
     pending_delta: i64,
 ) -> PgResult<Vec<Spend>> {
-    let ids: Vec<&str> = chain.iter().map(|(id, _, _)| id.as_str()).collect();
-    let starts: Vec<i64> = chain
+    let deltas: Vec<(String, i64, i64, i64)> = chain
         .iter()
-        .map(|(_, period, created)| period.window(charged_at, *created).start)
+        .map(|(id, period, created)| {
+            (
+                id.clone(),
+                period.window(charged_at, *created).start,
+                captured_delta,
+                pending_delta,
+            )
+        })
         .collect();
+    add_spends(tx, &deltas).await
+}
+
+/// Adds `(token, period_start, captured, pending)` deltas to spend rows in
+/// one statement, in the order given (rows locked in that order; no key
+/// twice). Returns each row's spend afterwards, in that order.
+async fn add_spends(tx: &Tx, deltas: &[(String, i64, i64, i64)]) -> PgResult<Vec<Spend>> {
+    if deltas.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<&str> = deltas.iter().map(|d| d.0.as_str()).collect();
+    let starts: Vec<i64> = deltas.iter().map(|d| d.1).collect();
+    let captured: Vec<i64> = deltas.iter().map(|d| d.2).collect();
+    let pending: Vec<i64> = deltas.iter().map(|d| d.3).collect();
     let updated = tx
         .query(
             "INSERT INTO token_spend (token_id, period_start, captured, pending)
-             SELECT id, start, $3, $4 FROM unnest($1::text[], $2::bigint[]) WITH ORDINALITY AS u(id, start, n)
+             SELECT id, start, c, p
+             FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[])
+               WITH ORDINALITY AS u(id, start, c, p, n)
              ORDER BY n
              ON CONFLICT (token_id, period_start) DO UPDATE SET
                captured = token_spend.captured + excluded.captured,
                pending = token_spend.pending + excluded.pending
-             RETURNING token_id, captured, pending",
-            &[&ids, &starts, &captured_delta, &pending_delta],
+             RETURNING token_id, period_start, captured, pending",
+            &[&ids, &starts, &captured, &pending],
         )
         .await?;
     let mut after = BTreeMap::new();
     for r in &updated {
-        let id: String = r.try_get(0)?;
+        let key: (String, i64) = (r.try_get(0)?, r.try_get(1)?);
         let spend = Spend {
-            captured: r.try_get(1)?,
-            pending: r.try_get(2)?,
+            captured: r.try_get(2)?,
+            pending: r.try_get(3)?,
         };
         // Spend can never go below zero: that would be a broken invariant.
         if spend.captured < 0 || spend.pending < 0 {
             return Err(StoreError::Database(format!(
-                "spend of token {id} would go negative; refusing the write"
+                "spend of token {} would go negative; refusing the write",
+                key.0
             ))
             .into());
         }
-        after.insert(id, spend);
+        after.insert(key, spend);
     }
-    Ok(ids
+    Ok(deltas
         .iter()
-        .map(|id| after.get(*id).copied().unwrap_or_default())
+        .map(|d| after.get(&(d.0.clone(), d.1)).copied().unwrap_or_default())
         .collect())
 }
 
@@ -1794,32 +2037,47 @@ async fn charge_card(tx: &Tx, token_id: &str) -> PgResult<(String, String, Strin
 }
 
 async fn insert_charge(tx: &Tx, charge: &Charge) -> PgResult<()> {
+    insert_charges(tx, &[charge]).await
+}
+
+/// Inserts charges, in order, in one statement.
+async fn insert_charges(tx: &Tx, charges: &[&Charge]) -> PgResult<()> {
+    if charges.is_empty() {
+        return Ok(());
+    }
+    fn col<'c, T>(charges: &[&'c Charge], f: impl Fn(&'c Charge) -> T) -> Vec<T> {
+        charges.iter().map(|c| f(c)).collect()
+    }
+    let metadata: Vec<String> = charges.iter().map(|c| metadata_to(&c.metadata)).collect();
     tx.execute(
         "INSERT INTO charges (id, token_id, provider_id, customer_id, payment_method_id, amount,
            amount_captured, amount_refunded, currency, status, description, metadata, brand, last4,
            created, capture_before, network_reference, fee, failure_code, decline_code)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+           $6::bigint[], $7::bigint[], $8::bigint[], $9::text[], $10::text[], $11::text[],
+           $12::text[], $13::text[], $14::text[], $15::bigint[], $16::bigint[], $17::text[],
+           $18::bigint[], $19::text[], $20::text[])",
         &[
-            &charge.id,
-            &charge.token_id,
-            &charge.provider_id,
-            &charge.customer_id,
-            &charge.payment_method_id,
-            &charge.amount,
-            &charge.amount_captured,
-            &charge.amount_refunded,
-            &charge.currency.code(),
-            &charge.status.name(),
-            &charge.description,
-            &metadata_to(&charge.metadata),
-            &charge.brand,
-            &charge.last4,
-            &charge.created,
-            &charge.capture_before,
-            &charge.network_reference,
-            &charge.fee,
-            &charge.failure_code,
-            &charge.decline_code,
+            &col(charges, |c| c.id.as_str()),
+            &col(charges, |c| c.token_id.as_str()),
+            &col(charges, |c| c.provider_id.as_str()),
+            &col(charges, |c| c.customer_id.as_str()),
+            &col(charges, |c| c.payment_method_id.as_str()),
+            &col(charges, |c| c.amount),
+            &col(charges, |c| c.amount_captured),
+            &col(charges, |c| c.amount_refunded),
+            &col(charges, |c| c.currency.code()),
+            &col(charges, |c| c.status.name()),
+            &col(charges, |c| c.description.as_deref()),
+            &metadata,
+            &col(charges, |c| c.brand.as_str()),
+            &col(charges, |c| c.last4.as_str()),
+            &col(charges, |c| c.created),
+            &col(charges, |c| c.capture_before),
+            &col(charges, |c| c.network_reference.as_str()),
+            &col(charges, |c| c.fee),
+            &col(charges, |c| c.failure_code.as_deref()),
+            &col(charges, |c| c.decline_code.as_deref()),
         ],
     )
     .await?;
@@ -1828,7 +2086,7 @@ async fn insert_charge(tx: &Tx, charge: &Charge) -> PgResult<()> {
 
 /// A charge event goes to the customer whose card it is and the provider
 /// that made it.
-async fn emit_charge(tx: &Tx, kind: &str, charge: &Charge, now: UnixSecs) -> PgResult<()> {
+async fn emit_charge(tx: &Tx, kind: &'static str, charge: &Charge, now: UnixSecs) -> PgResult<()> {
     outbox::emit(
         tx,
         kind,
@@ -1843,7 +2101,12 @@ async fn emit_charge(tx: &Tx, kind: &str, charge: &Charge, now: UnixSecs) -> PgR
 
 /// A token event goes to the customer only: providers see charges, not
 /// the tokens behind them.
-async fn emit_token_details(tx: &Tx, kind: &str, d: &TokenDetails, now: UnixSecs) -> PgResult<()> {
+async fn emit_token_details(
+    tx: &Tx,
+    kind: &'static str,
+    d: &TokenDetails,
+    now: UnixSecs,
+) -> PgResult<()> {
     outbox::emit(
         tx,
         kind,
@@ -1856,7 +2119,7 @@ async fn emit_token_details(tx: &Tx, kind: &str, d: &TokenDetails, now: UnixSecs
     .await
 }
 
-async fn emit_token(tx: &Tx, kind: &str, token_id: &str, now: UnixSecs) -> PgResult<()> {
+async fn emit_token(tx: &Tx, kind: &'static str, token_id: &str, now: UnixSecs) -> PgResult<()> {
     let row = load_token(tx, token_id)
         .await?
         .ok_or_else(|| not_found("payment_token", token_id))?;
@@ -1934,14 +2197,15 @@ fn token_not_suspended(current: Status) -> StoreError {
 #[async_trait]
 impl Store for PgStore {
     fn write_stats(&self) -> WriteStats {
-        // Each committed transaction is its own group of one operation.
-        let n = self.committed.load(Ordering::Relaxed);
+        // A group is a committed transaction: one operation, or a batch
+        // of charges.
+        let groups = self.counters.groups.load(Ordering::Relaxed);
         WriteStats {
-            groups: n,
-            operations: n,
+            groups,
+            operations: self.counters.operations.load(Ordering::Relaxed),
             // PostgreSQL flushes its own WAL (and groups the flushes of
             // concurrent commits); each commit waits for one.
-            log_syncs: n,
+            log_syncs: groups,
         }
     }
 
@@ -2811,39 +3075,22 @@ impl Store for PgStore {
         token: SecretHash,
         now: UnixSecs,
     ) -> StoreResult<Option<ChargeContext>> {
-        self.read(Mode::Snapshot, (token, now), |tx, (token, now)| {
-            Box::pin(async move {
-                let found = tx
-                    .query_opt(
-                        "SELECT s.object_id, pm.id, pm.key_id, pm.nonce, pm.ciphertext FROM api_secrets s
-                         JOIN tokens t ON t.id = s.object_id
-                         JOIN payment_methods pm ON pm.id = t.payment_method_id
-                         WHERE s.hash = $1 AND s.role = 'token'",
-                        &[&&token.0[..]],
-                    )
-                    .await?;
-                let Some(r) = found else {
-                    return Ok(None);
-                };
-                let token_id: String = r.try_get(0)?;
-                let chain = chain_rows(tx, &token_id, false).await?;
-                if chain.is_empty() {
-                    return Err(not_found("payment_token", &token_id).into());
-                }
-                let chain = links(tx, &chain, *now).await?;
-                Ok(Some(ChargeContext {
-                    token_id,
-                    payment_method_id: r.try_get(1)?,
-                    sealed_number: Sealed {
-                        key_id: r.try_get(2)?,
-                        nonce: r.try_get(3)?,
-                        ciphertext: r.try_get(4)?,
-                    },
-                    chain,
-                }))
+        // One statement (one snapshot): the token's chain, each link with
+        // its newest spend row. That row is the window's unless the clock
+        // was set back past it; then the chain is read again with the
+        // spend of the exact window.
+        let fast = self
+            .read(Mode::Autocommit, (token, now), |tx, (token, now)| {
+                Box::pin(async move {
+                    let found = tx.query(&CHARGE_CONTEXT_SQL, &[&&token.0[..]]).await?;
+                    context_from_newest_spends(&found, *now)
+                })
             })
-        })
-        .await
+            .await?;
+        match fast {
+            ContextRead::Done(ctx) => Ok(ctx),
+            ContextRead::Exact => self.charge_context_exact(token, now).await,
+        }
     }
 
     async fn revoke_token_for_misuse(
@@ -2946,136 +3193,7 @@ impl Store for PgStore {
         now: UnixSecs,
         idem: Option<IdemWrite<Charge>>,
     ) -> StoreResult<Charge> {
-        self.write((new, now), idem, |tx, (new, now)| {
-            Box::pin(async move {
-                let now = *now;
-                // The decision and the spend it guards, on locked rows: the
-                // chain (child to root), then its expired holds.
-                let chain = chain_rows(tx, &new.token_id, true).await?;
-                let Some((token_row, brand, last4)) = chain.first() else {
-                    return Err(not_found("payment_token", &new.token_id).into());
-                };
-                let expired_sql = format!(
-                    "SELECT {CHARGE_COLS} FROM charges
-                     WHERE token_id = $1 AND status = 'requires_capture' AND capture_before <= $2
-                     ORDER BY seq FOR UPDATE"
-                );
-                // Pipelined: the spends read stands unless a hold expired.
-                let (expired, read) = try_join(
-                    tx.query(&expired_sql, &[&new.token_id, &now]),
-                    links(tx, &chain, now),
-                )
-                .await?;
-                let expired = rows(expired, charge_row)?;
-                let links = if expired.is_empty() {
-                    read
-                } else {
-                    for mut charge in expired {
-                        release_hold(tx, &mut charge, now).await?;
-                    }
-                    links(tx, &chain, now).await?
-                };
-                token::authorize(
-                    &links,
-                    &ChargeRequest {
-                        caller_provider_id: &new.provider_id,
-                        currency: new.currency,
-                        amount: new.amount,
-                    },
-                    now,
-                )
-                .map_err(StoreError::Refused)?;
-                let amount = new.amount.get();
-                let fee = if new.capture {
-                    tx.ledger.fees.fee(amount, new.currency)
-                } else {
-                    0
-                };
-                let charge = Charge {
-                    id: new.id.clone(),
-                    token_id: new.token_id.clone(),
-                    provider_id: new.provider_id.clone(),
-                    customer_id: token_row.token.customer_id.clone(),
-                    payment_method_id: token_row.token.payment_method_id.clone(),
-                    amount,
-                    amount_captured: if new.capture { amount } else { 0 },
-                    amount_refunded: 0,
-                    currency: new.currency,
-                    status: if new.capture {
-                        ChargeStatus::Succeeded
-                    } else {
-                        ChargeStatus::RequiresCapture
-                    },
-                    description: new.description.clone(),
-                    metadata: new.metadata.clone(),
-                    brand: brand.clone(),
-                    last4: last4.clone(),
-                    created: now,
-                    capture_before: (!new.capture).then_some(now + limits::HOLD_TTL_SECS),
-                    network_reference: new.network_reference.clone(),
-                    fee,
-                    failure_code: None,
-                    decline_code: None,
-                };
-                let (captured, pending) = if new.capture { (amount, 0) } else { (0, amount) };
-                let post = async {
-                    if new.capture {
-                        ledger::capture(tx, &charge.id, &charge.provider_id, charge.currency, amount, fee, now)
-                            .await
-                    } else {
-                        ledger::post(
-                            tx,
-                            "authorization",
-                            Layer::Pending,
-                            &charge.id,
-                            &charge.provider_id,
-                            charge.currency,
-                            &scrip_core::ledger::authorization(&charge.provider_id, amount),
-                            now,
-                        )
-                        .await
-                    }
-                };
-                tx.audit_ok("charge.created", &charge.id, now);
-                let periods: Vec<(String, Period, i64)> = chain
-                    .iter()
-                    .map(|(r, _, _)| (r.token.id.clone(), r.token.period, r.token.created))
-                    .collect();
-                let ((), spent, (), ()) = try_join4(
-                    insert_charge(tx, &charge),
-                    apply_spend(tx, &periods, now, captured, pending),
-                    post,
-                    emit_charge(tx, "charge.succeeded", &charge, now),
-                )
-                .await?;
-                if token_row.token.usage == Usage::SingleUse {
-                    let changed = tx
-                        .execute(
-                            "UPDATE tokens SET status = 'exhausted', status_changed = $2 WHERE id = $1 AND status = 'active'",
-                            &[&charge.token_id, &now],
-                        )
-                        .await?;
-                    // The token as it stands now, from the rows this
-                    // transaction holds.
-                    let mut token = token_row.token.clone();
-                    let mut standing = token_row.standing;
-                    if changed > 0 {
-                        token.stored_status = StoredStatus::Exhausted;
-                        standing.stored = StoredStatus::Exhausted;
-                    }
-                    let d = TokenDetails {
-                        status: token::effective_status(standing, token.expires_at, now),
-                        provider_name: token_row.provider_name.clone(),
-                        window: token.period.window(now, token.created),
-                        spend: spent.first().copied().unwrap_or_default(),
-                        token,
-                    };
-                    emit_token_details(tx, "payment_token.exhausted", &d, now).await?;
-                }
-                Ok(charge)
-            })
-        })
-        .await
+        self.charges.charge(new, now, idem).await
     }
 
     async fn charge(&self, id: &str, provider_id: Option<&str>) -> StoreResult<Charge> {

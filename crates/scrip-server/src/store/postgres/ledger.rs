@@ -23,7 +23,7 @@ use crate::secrets::new_id;
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn post(
     tx: &Tx,
-    kind: &str,
+    kind: &'static str,
     layer: Layer,
     reference: &str,
     provider_id: &str,
@@ -31,42 +31,102 @@ pub(super) async fn post(
     postings: &[Posting],
     now: UnixSecs,
 ) -> PgResult<()> {
-    // A broken posting rule is a bug, never a state to persist.
-    if !ledger::is_balanced(postings) {
-        return Err(StoreError::Database(format!(
-            "refusing an unbalanced {kind} transaction for {reference}"
-        ))
-        .into());
+    post_many(
+        tx,
+        vec![Post {
+            kind,
+            layer,
+            reference: reference.to_owned(),
+            provider_id: provider_id.to_owned(),
+            currency,
+            postings: postings.to_vec(),
+            now,
+        }],
+    )
+    .await
+}
+
+/// A balanced transaction to write.
+pub(super) struct Post {
+    pub(super) kind: &'static str,
+    pub(super) layer: Layer,
+    pub(super) reference: String,
+    pub(super) provider_id: String,
+    pub(super) currency: Currency,
+    pub(super) postings: Vec<Posting>,
+    pub(super) now: UnixSecs,
+}
+
+/// Writes balanced transactions, in order, in one statement, and queues
+/// their balance changes.
+pub(super) async fn post_many(tx: &Tx, posts: Vec<Post>) -> PgResult<()> {
+    if posts.is_empty() {
+        return Ok(());
     }
-    let status = match layer {
-        Layer::Posted => "posted",
-        Layer::Pending => "pending",
-    };
-    let accounts: Vec<String> = postings.iter().map(|p| p.account.key()).collect();
-    let amounts: Vec<i64> = postings.iter().map(|p| p.amount).collect();
+    let mut ids = Vec::with_capacity(posts.len());
+    let mut statuses = Vec::with_capacity(posts.len());
+    let mut entry_tx = Vec::new();
+    let mut accounts = Vec::new();
+    let mut amounts = Vec::new();
+    for p in &posts {
+        // A broken posting rule is a bug, never a state to persist.
+        if !ledger::is_balanced(&p.postings) {
+            return Err(StoreError::Database(format!(
+                "refusing an unbalanced {} transaction for {}",
+                p.kind, p.reference
+            ))
+            .into());
+        }
+        let id = new_id("ltx");
+        for posting in &p.postings {
+            entry_tx.push(id.clone());
+            accounts.push(posting.account.key());
+            amounts.push(posting.amount);
+        }
+        ids.push(id);
+        statuses.push(match p.layer {
+            Layer::Posted => "posted",
+            Layer::Pending => "pending",
+        });
+    }
+    let kinds: Vec<&str> = posts.iter().map(|p| p.kind).collect();
+    let references: Vec<&str> = posts.iter().map(|p| p.reference.as_str()).collect();
+    let providers: Vec<&str> = posts.iter().map(|p| p.provider_id.as_str()).collect();
+    let currencies: Vec<&str> = posts.iter().map(|p| p.currency.code()).collect();
+    let created: Vec<i64> = posts.iter().map(|p| p.now).collect();
     tx.execute(
         "WITH t AS (
              INSERT INTO ledger_transactions (id, kind, status, reference, provider_id, currency, created)
-             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING seq)
+             SELECT i, k, s, r, p, c, w
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                         $7::bigint[]) WITH ORDINALITY AS u(i, k, s, r, p, c, w, n)
+             ORDER BY n
+             RETURNING seq, id)
          INSERT INTO ledger_entries (transaction_seq, account, amount)
          SELECT t.seq, e.account, e.amount
-         FROM t, unnest($8::text[], $9::bigint[]) WITH ORDINALITY AS e(account, amount, n)
+         FROM unnest($8::text[], $9::text[], $10::bigint[]) WITH ORDINALITY AS e(tx, account, amount, n)
+         JOIN t ON t.id = e.tx
          ORDER BY e.n",
         &[
-            &new_id("ltx"),
-            &kind,
-            &status,
-            &reference,
-            &provider_id,
-            &currency.code(),
-            &now,
+            &ids,
+            &kinds,
+            &statuses,
+            &references,
+            &providers,
+            &currencies,
+            &created,
+            &entry_tx,
             &accounts,
             &amounts,
         ],
     )
     .await?;
-    for (account, amount) in accounts.into_iter().zip(amounts) {
-        tx.add_balance(account, currency, layer, amount);
+    let mut at = 0;
+    for p in &posts {
+        for _ in &p.postings {
+            tx.add_balance(accounts[at].clone(), p.currency, p.layer, amounts[at]);
+            at += 1;
+        }
     }
     Ok(())
 }
@@ -116,28 +176,68 @@ pub(super) async fn capture(
     fee: i64,
     now: UnixSecs,
 ) -> PgResult<()> {
-    let available_on = now.saturating_add(tx.ledger.settlement_delay_secs);
-    let net = gross - fee;
+    let capture = Capture {
+        charge_id: charge_id.to_owned(),
+        provider_id: provider_id.to_owned(),
+        currency,
+        gross,
+        fee,
+        now,
+    };
     try_join(
-        post(
-            tx,
-            "capture",
-            Layer::Posted,
-            charge_id,
-            provider_id,
-            currency,
-            &ledger::capture(provider_id, gross, fee),
-            now,
-        ),
-        async {
-            tx.execute(
-                "INSERT INTO settlements (charge_id, provider_id, currency, amount, available_on, settled)
-                 VALUES ($1, $2, $3, $4, $5, false)",
-                &[&charge_id, &provider_id, &currency.code(), &net, &available_on],
-            )
-            .await?;
-            Ok(())
-        },
+        post_many(tx, vec![capture.post()]),
+        schedule_settlements(tx, &[capture]),
+    )
+    .await?;
+    Ok(())
+}
+
+/// A capture of `gross` on a charge at `now`, `fee` of it the processor's.
+pub(super) struct Capture {
+    pub(super) charge_id: String,
+    pub(super) provider_id: String,
+    pub(super) currency: Currency,
+    pub(super) gross: i64,
+    pub(super) fee: i64,
+    pub(super) now: UnixSecs,
+}
+
+impl Capture {
+    /// The capture's ledger transaction.
+    pub(super) fn post(&self) -> Post {
+        Post {
+            kind: "capture",
+            layer: Layer::Posted,
+            reference: self.charge_id.clone(),
+            provider_id: self.provider_id.clone(),
+            currency: self.currency,
+            postings: ledger::capture(&self.provider_id, self.gross, self.fee),
+            now: self.now,
+        }
+    }
+}
+
+/// Schedules the settlement of each capture's net amount, in one statement.
+pub(super) async fn schedule_settlements(tx: &Tx, captures: &[Capture]) -> PgResult<()> {
+    if captures.is_empty() {
+        return Ok(());
+    }
+    let delay = tx.ledger.settlement_delay_secs;
+    let available_on: Vec<i64> = captures
+        .iter()
+        .map(|c| c.now.saturating_add(delay))
+        .collect();
+    let charges: Vec<&str> = captures.iter().map(|c| c.charge_id.as_str()).collect();
+    let providers: Vec<&str> = captures.iter().map(|c| c.provider_id.as_str()).collect();
+    let currencies: Vec<&str> = captures.iter().map(|c| c.currency.code()).collect();
+    let net: Vec<i64> = captures.iter().map(|c| c.gross - c.fee).collect();
+    tx.execute(
+        "INSERT INTO settlements (charge_id, provider_id, currency, amount, available_on, settled)
+         SELECT c, p, k, a, d, false
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[])
+           WITH ORDINALITY AS u(c, p, k, a, d, n)
+         ORDER BY n",
+        &[&charges, &providers, &currencies, &net, &available_on],
     )
     .await?;
     Ok(())
@@ -249,7 +349,7 @@ async fn posted_balance(tx: &Tx, account: &Account, currency: Currency) -> PgRes
 }
 
 /// A payout event goes to its provider only.
-async fn emit_payout(tx: &Tx, kind: &str, payout: &Payout, now: UnixSecs) -> PgResult<()> {
+async fn emit_payout(tx: &Tx, kind: &'static str, payout: &Payout, now: UnixSecs) -> PgResult<()> {
     let json = serde_json::to_vec(&crate::views::payout(payout)).unwrap_or_default();
     super::outbox::emit(
         tx,

@@ -14,87 +14,158 @@ use super::{bad_row, not_found, rows, PgResult, Tx};
 use crate::secrets::new_id;
 use crate::vault::Sealed;
 
+/// An event to write: what happened to which object (its JSON view as of
+/// now), and the parties that may see it.
+pub(super) struct NewEvent {
+    pub(super) kind: &'static str,
+    pub(super) object_json: Vec<u8>,
+    pub(super) object_id: String,
+    pub(super) customer_id: Option<String>,
+    pub(super) provider_id: Option<String>,
+    pub(super) now: i64,
+}
+
 /// Writes an event about an object (its JSON view as of now) and queues a
 /// delivery to every webhook endpoint of a party that may see it and wants
-/// it: one statement, plus one more when some endpoint wants it.
+/// it.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn emit(
     tx: &Tx,
-    kind: &str,
+    kind: &'static str,
     object_json: &[u8],
     object_id: &str,
     customer_id: Option<&str>,
     provider_id: Option<&str>,
     now: i64,
 ) -> PgResult<()> {
-    debug_assert!(
-        scrip_core::webhook::is_event_type(kind),
-        "unknown event type {kind}"
-    );
-    let id = new_id("evt");
-    let json = event_json(&id, kind, now, object_json)?;
-    let endpoints = tx
+    emit_many(
+        tx,
+        vec![NewEvent {
+            kind,
+            object_json: object_json.to_vec(),
+            object_id: object_id.to_owned(),
+            customer_id: customer_id.map(str::to_owned),
+            provider_id: provider_id.map(str::to_owned),
+            now,
+        }],
+    )
+    .await
+}
+
+/// [`emit`] for several events, in order: one statement, plus one more
+/// when some endpoint wants one of them.
+pub(super) async fn emit_many(tx: &Tx, events: Vec<NewEvent>) -> PgResult<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let mut ids = Vec::with_capacity(events.len());
+    let mut jsons = Vec::with_capacity(events.len());
+    for e in &events {
+        debug_assert!(
+            scrip_core::webhook::is_event_type(e.kind),
+            "unknown event type {}",
+            e.kind
+        );
+        let id = new_id("evt");
+        jsons.push(event_json(&id, e.kind, e.now, &e.object_json)?);
+        ids.push(id);
+    }
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind).collect();
+    let created: Vec<i64> = events.iter().map(|e| e.now).collect();
+    let customers: Vec<Option<&str>> = events.iter().map(|e| e.customer_id.as_deref()).collect();
+    let providers: Vec<Option<&str>> = events.iter().map(|e| e.provider_id.as_deref()).collect();
+    let objects: Vec<&str> = events.iter().map(|e| e.object_id.as_str()).collect();
+    let found = tx
         .query(
             "WITH ev AS (
                  INSERT INTO events (id, type, created, customer_id, provider_id, object_id, json)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7))
+                 SELECT i, t, c, cu, pr, o, j
+                 FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[],
+                             $6::text[], $7::text[]) WITH ORDINALITY AS u(i, t, c, cu, pr, o, j, n)
+                 ORDER BY n)
              SELECT id, enabled_events, owner_kind, owner_id FROM webhook_endpoints
-             WHERE NOT deleted AND ((owner_kind = 'customer' AND owner_id = $4)
-                                 OR (owner_kind = 'provider' AND owner_id = $5))
+             WHERE NOT deleted AND ((owner_kind = 'customer' AND owner_id = ANY($4))
+                                 OR (owner_kind = 'provider' AND owner_id = ANY($5)))
              ORDER BY seq",
             &[
-                &id,
-                &kind,
-                &now,
-                &customer_id,
-                &provider_id,
-                &object_id,
-                &json,
+                &ids, &kinds, &created, &customers, &providers, &objects, &jsons,
             ],
         )
         .await?;
-    queue_deliveries(tx, &id, kind, &endpoints, None).await?;
+    let endpoints = listening(&found)?;
+    let mut wanted = Vec::new();
+    for (i, e) in events.iter().enumerate() {
+        for ep in &endpoints {
+            let party = match ep.owner_kind.as_str() {
+                "customer" => e.customer_id.as_deref(),
+                "provider" => e.provider_id.as_deref(),
+                _ => None,
+            };
+            if party == Some(ep.owner_id.as_str())
+                && scrip_core::webhook::wants(&ep.enabled, e.kind)
+            {
+                wanted.push(Wanted {
+                    endpoint_id: ep.id.clone(),
+                    event_id: ids[i].clone(),
+                    kind: e.kind.to_owned(),
+                });
+            }
+        }
+    }
+    queue_deliveries(tx, wanted).await?;
     Ok(())
 }
 
-/// Queues deliveries of one event to the endpoints (rows of id,
-/// enabled_events, owner_kind, owner_id) that want it — all of them, or
-/// only `only_owner`'s (a resend). A resend re-arms an existing delivery
-/// rather than adding one.
-async fn queue_deliveries(
-    tx: &Tx,
-    event_id: &str,
-    kind: &str,
-    endpoints: &[Row],
-    only_owner: Option<&Owner>,
-) -> PgResult<usize> {
-    let mut wanted: Vec<String> = Vec::new();
-    for r in endpoints {
-        let endpoint_id: String = r.try_get(0)?;
-        let enabled: String = r.try_get(1)?;
-        let owner_kind: String = r.try_get(2)?;
-        let owner_id: String = r.try_get(3)?;
-        if only_owner.is_some_and(|o| o.kind() != owner_kind || o.id() != owner_id) {
-            continue;
-        }
-        let enabled: Vec<String> = serde_json::from_str(&enabled).unwrap_or_default();
-        if scrip_core::webhook::wants(&enabled, kind) {
-            wanted.push(endpoint_id);
-        }
-    }
+/// An endpoint that may hear of an event: (id, enabled events, owner).
+struct Listening {
+    id: String,
+    enabled: Vec<String>,
+    owner_kind: String,
+    owner_id: String,
+}
+
+/// Endpoints from rows of (id, enabled_events, owner_kind, owner_id).
+fn listening(rows: &[Row]) -> PgResult<Vec<Listening>> {
+    rows.iter()
+        .map(|r| {
+            let enabled: String = r.try_get(1)?;
+            Ok(Listening {
+                id: r.try_get(0)?,
+                enabled: serde_json::from_str(&enabled).unwrap_or_default(),
+                owner_kind: r.try_get(2)?,
+                owner_id: r.try_get(3)?,
+            })
+        })
+        .collect()
+}
+
+/// A delivery to queue: an event to an endpoint that wants it.
+struct Wanted {
+    endpoint_id: String,
+    event_id: String,
+    kind: String,
+}
+
+/// Queues deliveries, in order; one that exists already (a resend) is
+/// re-armed rather than added. Returns how many.
+async fn queue_deliveries(tx: &Tx, wanted: Vec<Wanted>) -> PgResult<usize> {
     if wanted.is_empty() {
         return Ok(0);
     }
     let ids: Vec<String> = wanted.iter().map(|_| new_id("wd")).collect();
+    let endpoints: Vec<&str> = wanted.iter().map(|w| w.endpoint_id.as_str()).collect();
+    let events: Vec<&str> = wanted.iter().map(|w| w.event_id.as_str()).collect();
+    let kinds: Vec<&str> = wanted.iter().map(|w| w.kind.as_str()).collect();
     let real_now = crate::clock::system_now();
     tx.execute(
         "INSERT INTO deliveries (id, endpoint_id, event_id, event_type, status, attempt_count,
            next_attempt_at, created)
-         SELECT d, e, $3, $4, 'pending', 0, $5, $5
-         FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(d, e, n) ORDER BY n
+         SELECT d, e, v, k, 'pending', 0, $5, $5
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) WITH ORDINALITY AS u(d, e, v, k, n)
+         ORDER BY n
          ON CONFLICT (event_id, endpoint_id) DO UPDATE SET status = 'pending',
            next_attempt_at = excluded.next_attempt_at, locked_until = NULL, first_attempt_at = NULL",
-        &[&ids, &wanted, &event_id, &kind, &real_now],
+        &[&ids, &endpoints, &events, &kinds, &real_now],
     )
     .await?;
     Ok(wanted.len())
@@ -151,7 +222,17 @@ pub(super) async fn resend(
             &[&e.customer_id, &e.provider_id],
         )
         .await?;
-    queue_deliveries(tx, &e.id, &e.kind, &endpoints, owner).await
+    let wanted = listening(&endpoints)?
+        .into_iter()
+        .filter(|ep| owner.is_none_or(|o| o.kind() == ep.owner_kind && o.id() == ep.owner_id))
+        .filter(|ep| scrip_core::webhook::wants(&ep.enabled, &e.kind))
+        .map(|ep| Wanted {
+            endpoint_id: ep.id,
+            event_id: e.id.clone(),
+            kind: e.kind.clone(),
+        })
+        .collect();
+    queue_deliveries(tx, wanted).await
 }
 
 pub(super) const ENDPOINT_COLS: &str =
