@@ -1908,3 +1908,164 @@ async fn postgres_start_migrates_once_and_refuses_what_it_cannot_use() {
     }
     report("conformance postgres_start: passed on postgres");
 }
+
+// --- PostgreSQL only: charges decided together ------------------------------------
+
+/// Concurrent charges on PostgreSQL share a transaction (a batch). This
+/// runs one batch, whose size is otherwise up to timing, and checks that
+/// each charge gets the answer it would get alone at its place in line:
+/// later charges see the spend of earlier ones, on the token and on a
+/// shared ancestor; a refusal, an unknown token or a second use of a
+/// single-use token touches nothing else; a repeated idempotency key has
+/// one effect; a refused charge lets its key go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_batch_decides_each_charge_in_its_place() {
+    let Some(base) = postgres_url() else {
+        report("postgres_batch_decides_each_charge_in_its_place: PostgreSQL not configured");
+        return;
+    };
+    let schema = format!("scrip_test_{}", hex::encode(rand::random::<[u8; 6]>()));
+    PgStore::create_schema(&base, &schema).await.unwrap();
+    let url = url_with_search_path(&base, &schema);
+    let outcome = tokio::spawn(async move {
+        let store = PgStore::connect(&url, LedgerConfig::default())
+            .await
+            .unwrap();
+        batch_case(&store).await;
+    })
+    .await;
+    PgStore::drop_schema(&base, &schema).await.unwrap();
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+    report("postgres_batch_decides_each_charge_in_its_place: passed on postgres");
+}
+
+async fn batch_case(store: &PgStore) {
+    let s: &dyn Store = store;
+    let fx = fixture(s).await;
+    let issue_with = |cap: i64, usage: Usage, parent: Option<String>| Issue {
+        cap,
+        usage,
+        parent,
+        ..Default::default()
+    };
+    let (t1, _) = issue(s, &fx, issue_with(1_000, Usage::MultiUse, None)).await;
+    let (parent, _) = issue(s, &fx, issue_with(500, Usage::MultiUse, None)).await;
+    let (c1, _) = issue(
+        s,
+        &fx,
+        issue_with(1_000, Usage::MultiUse, Some(parent.clone())),
+    )
+    .await;
+    let (c2, _) = issue(
+        s,
+        &fx,
+        issue_with(1_000, Usage::MultiUse, Some(parent.clone())),
+    )
+    .await;
+    let (single, _) = issue(s, &fx, issue_with(1_000, Usage::SingleUse, None)).await;
+    let (t2, _) = issue(s, &fx, issue_with(1_000, Usage::MultiUse, None)).await;
+    let before = s.write_stats();
+
+    let plain = |token: &str, amount: i64, capture: bool| {
+        (new_charge(&fx, token, amount, capture), NOW, None)
+    };
+    let keyed = |token: &str, amount: i64, key: &str| {
+        (
+            new_charge(&fx, token, amount, true),
+            NOW,
+            Some(idem::<Charge>(&fx.provider, key, b"{\"remembered\":true}")),
+        )
+    };
+    let mut answers = store
+        .create_charges_together(vec![
+            plain(&t1, 600, true),          // 0: allowed
+            plain(&t1, 600, true),          // 1: 400 left: refused
+            plain(&t1, 300, false),         // 2: a hold in what is left
+            plain("pt_missing", 100, true), // 3: no such token
+            plain(&c1, 400, true),          // 4: allowed, the parent now at 400
+            plain(&c2, 400, true),          // 5: the parent has 100 left: refused
+            plain(&single, 100, true),      // 6: allowed, exhausts the token
+            plain(&single, 100, true),      // 7: exhausted
+            keyed(&t2, 100, "order-1"),     // 8: allowed
+            keyed(&t2, 100, "order-1"),     // 9: the same key: one effect
+            keyed(&t1, 5_000, "order-2"),   // 10: refused, the key let go
+        ])
+        .await
+        .into_iter();
+    let mut next = || answers.next().unwrap();
+    let first = next().unwrap();
+    assert_eq!((first.token_id.as_str(), first.amount), (t1.as_str(), 600));
+    assert_refused(next(), "cap_exceeded");
+    assert_eq!(next().unwrap().status, ChargeStatus::RequiresCapture);
+    assert_not_found(next(), "payment_token");
+    next().unwrap();
+    assert_refused(next(), "cap_exceeded");
+    next().unwrap();
+    assert_refused(next(), "token_exhausted");
+    let keyed_charge = next().unwrap();
+    assert!(matches!(next(), Err(StoreError::IdempotencyRace)));
+    assert_refused(next(), "cap_exceeded");
+
+    // What the store holds agrees.
+    assert_eq!(spend(s, &t1, NOW).await, (600, 300));
+    assert_eq!(spend(s, &parent, NOW).await, (400, 0));
+    assert_eq!(spend(s, &c1, NOW).await, (400, 0));
+    assert_eq!(spend(s, &c2, NOW).await, (0, 0));
+    assert_eq!(spend(s, &t2, NOW).await, (100, 0));
+    assert_eq!(
+        s.token(&single, None, NOW).await.unwrap().status,
+        Status::Exhausted
+    );
+    let on_t2 = s
+        .charges(
+            ChargeFilter {
+                token_id: Some(t2.clone()),
+                ..Default::default()
+            },
+            page(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(on_t2.data.len(), 1);
+    assert_eq!(on_t2.data[0].id, keyed_charge.id);
+    let remembered = s
+        .idempotent_response(&fx.provider, "order-1", NOW + 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(remembered.sealed_body.ciphertext, b"{\"remembered\":true}");
+    assert!(s
+        .idempotent_response(&fx.provider, "order-2", NOW + 1)
+        .await
+        .unwrap()
+        .is_none());
+    // One transaction decided the eleven; the repeated key ran alone after.
+    let after = s.write_stats();
+    assert_eq!(after.groups - before.groups, 2);
+    assert_eq!(after.operations - before.operations, 12);
+
+    // The refused charge's key is free for the next request.
+    s.create_charge(
+        new_charge(&fx, &t2, 100, true),
+        NOW,
+        Some(idem(&fx.provider, "order-2", b"{}")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(spend(s, &t2, NOW).await, (200, 0));
+    let succeeded = s
+        .events(
+            EventFilter {
+                kind: Some("charge.succeeded".into()),
+                ..Default::default()
+            },
+            page(100),
+        )
+        .await
+        .unwrap();
+    assert_eq!(succeeded.data.len(), 6);
+    assert_ledger_balanced(s).await;
+    assert_audit_valid(s).await;
+}

@@ -2,9 +2,10 @@
 //! one database.
 //!
 //! Every write is one transaction on a pooled connection (READ COMMITTED or
-//! stronger), with as few round trips as the work allows: independent
-//! statements are pipelined, and the rows that decide something are locked
-//! in one fixed order so that transactions queue instead of deadlocking —
+//! stronger; charges several to a transaction, see `charges`), with as few
+//! round trips as the work allows: independent statements are pipelined,
+//! and the rows that decide something are locked in one fixed order so
+//! that transactions queue instead of deadlocking —
 //! the idempotency record first (so a second request with the key waits
 //! for the first and never runs its effect), then a token chain child to
 //! root, then charges, then spend rows, and last, right before `COMMIT`,
@@ -978,6 +979,18 @@ impl PgStore {
         Ok(store)
     }
 
+    /// Creates `charges` in one batch (one transaction), decided in order,
+    /// as concurrent [`Store::create_charge`] calls are when they queue
+    /// together; each gets the answer it would get alone at that point.
+    /// For tests of the batch itself, whose size otherwise depends on
+    /// timing.
+    pub async fn create_charges_together(
+        &self,
+        charges: Vec<(NewCharge, UnixSecs, Option<IdemWrite<Charge>>)>,
+    ) -> Vec<StoreResult<Charge>> {
+        self.charges.together(charges).await
+    }
+
     /// One row by its id (`select` takes it as `$1`), or `resource_missing`.
     async fn by_id<T: Send + 'static>(
         &self,
@@ -1042,7 +1055,7 @@ impl PgStore {
                     return Ok(None);
                 };
                 let token_id: String = r.try_get(0)?;
-                let chain = chain_rows(tx, &token_id, false).await?;
+                let chain = chain_rows(tx, &token_id).await?;
                 if chain.is_empty() {
                     return Err(not_found("payment_token", &token_id).into());
                 }
@@ -1696,8 +1709,11 @@ async fn spends(tx: &Tx, keys: &[(String, i64)]) -> PgResult<Vec<Spend>> {
     let found = tx
         .query(
             "SELECT s.token_id, s.period_start, s.captured, s.pending
-             FROM token_spend s JOIN unnest($1::text[], $2::bigint[]) AS k(token_id, period_start)
-               ON s.token_id = k.token_id AND s.period_start = k.period_start",
+             FROM unnest($1::text[], $2::bigint[]) AS k(token_id, period_start)
+             -- LIMIT keeps the lookup a nested loop on the key, never a scan.
+             JOIN LATERAL (SELECT * FROM token_spend s
+                           WHERE s.token_id = k.token_id AND s.period_start = k.period_start
+                           LIMIT 1) s ON true",
             &[&ids, &starts],
         )
         .await?;
@@ -1750,25 +1766,35 @@ async fn details(tx: &Tx, row: TokenRow, now: UnixSecs) -> PgResult<TokenDetails
         .ok_or_else(|| StoreError::Database("a token vanished while reading it".into()).into())
 }
 
-/// A token and its ancestors, child first, with the card behind them;
-/// with `lock`, their rows are locked in that order (child to root, the
-/// one order every writer of token rows follows).
-async fn chain_rows(
-    tx: &Tx,
-    token_id: &str,
-    lock: bool,
-) -> PgResult<Vec<(TokenRow, String, String)>> {
-    let sql = format!(
-        "WITH RECURSIVE chain(id, parent_id, depth) AS (
-             SELECT id, parent_id, 0 FROM tokens WHERE id = $1
+/// A token chain, child first, as rows of [`TOKEN_COLS`] then `extra`:
+/// `first` is the `FROM … WHERE` that finds the token (as `t0`), `tail`
+/// what follows the joins. The recursion carries the token rows itself, so
+/// every table is reached through its index, however small the planner
+/// thinks the chain is or however large `tokens` grows.
+fn chain_sql(first: &str, extra: &str, tail: &str) -> String {
+    format!(
+        "WITH RECURSIVE t AS (
+             SELECT t0.*, 0 AS depth FROM {first}
              UNION ALL
-             SELECT t.id, t.parent_id, ch.depth + 1 FROM tokens t JOIN chain ch ON t.id = ch.parent_id
-             WHERE ch.depth < 65)
-         SELECT {TOKEN_COLS}, pm.brand, pm.last4, ch.depth FROM {TOKEN_FROM} JOIN chain ch ON ch.id = t.id
-         ORDER BY ch.depth{}",
-        if lock { " FOR UPDATE OF t" } else { "" }
-    );
-    let found = tx.query(&sql, &[&token_id]).await?;
+             SELECT t1.*, t.depth + 1 FROM tokens t1 JOIN t ON t1.id = t.parent_id WHERE t.depth < 65)
+         SELECT {TOKEN_COLS}{extra} FROM t
+         JOIN credentials c ON c.id = t.credential_id
+         JOIN payment_methods pm ON pm.id = t.payment_method_id
+         JOIN providers p ON p.id = t.provider_id
+         {tail}"
+    )
+}
+
+/// A token and its ancestors, child first, with the card behind them.
+async fn chain_rows(tx: &Tx, token_id: &str) -> PgResult<Vec<(TokenRow, String, String)>> {
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        chain_sql(
+            "tokens t0 WHERE t0.id = $1",
+            ", pm.brand, pm.last4",
+            "ORDER BY t.depth",
+        )
+    });
+    let found = tx.query(&SQL, &[&token_id]).await?;
     if found.len() > 65 {
         return Err(StoreError::Database(format!("token {token_id} has a parent cycle")).into());
     }
@@ -1782,19 +1808,12 @@ async fn chain_rows(
 /// first, each link with its card's sealed number and its newest spend row
 /// (`NULL`s when it never spent).
 static CHARGE_CONTEXT_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    format!(
-        "WITH RECURSIVE chain(id, parent_id, depth) AS (
-             SELECT t.id, t.parent_id, 0 FROM api_secrets s JOIN tokens t ON t.id = s.object_id
-             WHERE s.hash = $1 AND s.role = 'token'
-             UNION ALL
-             SELECT t.id, t.parent_id, ch.depth + 1 FROM tokens t JOIN chain ch ON t.id = ch.parent_id
-             WHERE ch.depth < 65)
-         SELECT {TOKEN_COLS}, pm.key_id, pm.nonce, pm.ciphertext,
-                sp.period_start, sp.captured, sp.pending
-         FROM {TOKEN_FROM} JOIN chain ch ON ch.id = t.id
-         LEFT JOIN LATERAL (SELECT period_start, captured, pending FROM token_spend
+    chain_sql(
+        "api_secrets s JOIN tokens t0 ON t0.id = s.object_id WHERE s.hash = $1 AND s.role = 'token'",
+        ", pm.key_id, pm.nonce, pm.ciphertext, sp.period_start, sp.captured, sp.pending",
+        "LEFT JOIN LATERAL (SELECT period_start, captured, pending FROM token_spend
                             WHERE token_id = t.id ORDER BY period_start DESC LIMIT 1) sp ON true
-         ORDER BY ch.depth"
+         ORDER BY t.depth",
     )
 });
 

@@ -54,6 +54,7 @@ const BATCHES_IN_FLIGHT: usize = 4;
 /// The queue in front of a node's charge batches.
 pub(super) struct Batcher {
     queue: mpsc::Sender<Job>,
+    runner: Runner,
 }
 
 /// One charge waiting for its batch.
@@ -109,8 +110,27 @@ impl Batcher {
             ledger,
             counters,
         };
-        tokio::spawn(runner.run(jobs));
-        Batcher { queue }
+        tokio::spawn(runner.clone().run(jobs));
+        Batcher { queue, runner }
+    }
+
+    /// Runs `charges` as one batch, in order, past the queue: what
+    /// concurrent charges get when they queue together.
+    pub(super) async fn together(
+        &self,
+        charges: Vec<(NewCharge, UnixSecs, Option<IdemWrite<Charge>>)>,
+    ) -> Vec<StoreResult<Charge>> {
+        let (jobs, answers): (Vec<Job>, Vec<_>) = charges
+            .into_iter()
+            .map(|(new, now, idem)| job(new, now, idem))
+            .unzip();
+        self.runner.settle(jobs).await;
+        join_all(answers.into_iter().map(|answer| async {
+            answer
+                .await
+                .unwrap_or_else(|_| Err(StoreError::Database("a charge went unanswered".into())))
+        }))
+        .await
     }
 
     /// Creates a charge in the next batch; see [`super::Store::create_charge`].
@@ -120,22 +140,7 @@ impl Batcher {
         now: UnixSecs,
         idem: Option<IdemWrite<Charge>>,
     ) -> StoreResult<Charge> {
-        let (reply, answer) = oneshot::channel();
-        let job = Job {
-            new,
-            now,
-            idem: idem.map(|w| JobIdem {
-                claim: IdemClaim {
-                    actor: w.actor,
-                    key: w.key,
-                    request_hash: w.request_hash,
-                    now: w.now,
-                },
-                render: Mutex::new(w.render),
-            }),
-            identity: crate::context::audit_identity(),
-            reply,
-        };
+        let (job, answer) = job(new, now, idem);
         self.queue.try_send(job).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => StoreError::Overloaded,
             mpsc::error::TrySendError::Closed(_) => {
@@ -148,6 +153,31 @@ impl Batcher {
             ))
         })
     }
+}
+
+/// A charge as a job, and where its answer arrives.
+fn job(
+    new: NewCharge,
+    now: UnixSecs,
+    idem: Option<IdemWrite<Charge>>,
+) -> (Job, oneshot::Receiver<StoreResult<Charge>>) {
+    let (reply, answer) = oneshot::channel();
+    let job = Job {
+        new,
+        now,
+        idem: idem.map(|w| JobIdem {
+            claim: IdemClaim {
+                actor: w.actor,
+                key: w.key,
+                request_hash: w.request_hash,
+                now: w.now,
+            },
+            render: Mutex::new(w.render),
+        }),
+        identity: crate::context::audit_identity(),
+        reply,
+    };
+    (job, answer)
 }
 
 impl Runner {
@@ -698,8 +728,7 @@ const CHAIN_STRUCTURE: &str = "WITH RECURSIVE chain(leaf, id, parent_id, depth) 
 static LOCK_TOKENS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "SELECT {TOKEN_COLS}, pm.brand, pm.last4 FROM {TOKEN_FROM}
-         JOIN unnest($1::text[]) WITH ORDINALITY AS k(id, n) ON k.id = t.id
-         ORDER BY k.n FOR UPDATE OF t"
+         WHERE t.id = ANY($1) ORDER BY array_position($1, t.id) FOR UPDATE OF t"
     )
 });
 
