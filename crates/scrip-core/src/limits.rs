@@ -43,8 +43,6 @@ pub const WRITER_BATCH_MAX: usize = 512;
 pub const WRITER_QUEUE_MAX: usize = 16_384;
 /// Page cache of each embedded-database connection, in KiB.
 pub const SQLITE_CACHE_KIB: i64 = 8 * 1024;
-/// How much of the database file each read connection maps (bytes).
-pub const SQLITE_READER_MMAP_BYTES: i64 = 1 << 30;
 /// The embedded database's WAL is checkpointed by a thread of its own this
 /// often; the writer checkpoints itself only once the WAL holds this many
 /// pages (4 KiB each), should that thread fall behind.

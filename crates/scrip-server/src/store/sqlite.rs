@@ -327,16 +327,6 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
-/// A read connection also maps the database file: in WAL mode a reader's
-/// page cache is dropped whenever another connection has written, which
-/// under load is before every read, so pages come from the OS each time;
-/// mapped, a page of the database file is read without a copy.
-fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
-    let conn = open_connection(path)?;
-    conn.pragma_update(None, "mmap_size", limits::SQLITE_READER_MMAP_BYTES)?;
-    Ok(conn)
-}
-
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path`, applies pending
     /// migrations and starts the writer thread.
@@ -535,7 +525,7 @@ impl SqliteStore {
         let pooled = self.readers.lock().ok().and_then(|mut pool| pool.pop());
         let conn = match pooled {
             Some(c) => c,
-            None => open_reader(&self.path)?,
+            None => open_connection(&self.path)?,
         };
         let result = in_read_transaction(&conn, op);
         if conn.is_autocommit() {
@@ -567,7 +557,7 @@ impl SqliteStore {
             let pooled = readers.lock().ok().and_then(|mut pool| pool.pop());
             let conn = match pooled {
                 Some(c) => c,
-                None => open_reader(&path)?,
+                None => open_connection(&path)?,
             };
             let result = in_read_transaction(&conn, op);
             if conn.is_autocommit() {
