@@ -48,8 +48,12 @@ use super::{
 
 /// Charges one transaction settles at most.
 const BATCH_MAX: usize = 64;
-/// Batches running at once on one node (each on its own connection).
-const BATCHES_IN_FLIGHT: usize = 4;
+/// Batches running at once on one node (each on its own connection). Two
+/// keep one batch's round trips overlapping another's work; more make the
+/// batches smaller and the statements per charge more (spread on this
+/// 2-core machine, BENCHMARKS.md: 1 slot 1.5k–2.1k charges/s, 2 slots
+/// 1.5k–2.5k, 4 slots 1.4k–1.5k, 8 slots 1.1k–1.5k).
+const BATCHES_IN_FLIGHT: usize = 2;
 
 /// The queue in front of a node's charge batches.
 pub(super) struct Batcher {
