@@ -1817,6 +1817,24 @@ static CHARGE_CONTEXT_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::ne
     )
 });
 
+/// [`CHARGE_CONTEXT_SQL`] for a token without a parent (most are): the
+/// same columns, without the recursion, each table reached through its
+/// key (a `LIMIT`ed lateral lookup is never turned into a scan, whatever
+/// the planner thinks of a table's size).
+static LEAF_CONTEXT_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT {TOKEN_COLS}, pm.key_id, pm.nonce, pm.ciphertext, sp.period_start, sp.captured, sp.pending
+         FROM api_secrets s JOIN tokens t ON t.id = s.object_id
+         JOIN LATERAL (SELECT active FROM credentials WHERE id = t.credential_id LIMIT 1) c ON true
+         JOIN LATERAL (SELECT active, key_id, nonce, ciphertext FROM payment_methods
+                       WHERE id = t.payment_method_id LIMIT 1) pm ON true
+         JOIN LATERAL (SELECT name FROM providers WHERE id = t.provider_id LIMIT 1) p ON true
+         LEFT JOIN LATERAL (SELECT period_start, captured, pending FROM token_spend
+                            WHERE token_id = t.id ORDER BY period_start DESC LIMIT 1) sp ON true
+         WHERE s.hash = $1 AND s.role = 'token'"
+    )
+});
+
 /// What the one-statement charge context read found.
 enum ContextRead {
     Done(Option<ChargeContext>),
@@ -3095,13 +3113,23 @@ impl Store for PgStore {
         now: UnixSecs,
     ) -> StoreResult<Option<ChargeContext>> {
         // One statement (one snapshot): the token's chain, each link with
-        // its newest spend row. That row is the window's unless the clock
-        // was set back past it; then the chain is read again with the
+        // its newest spend row — the token alone, or, when it has a parent,
+        // the whole chain again. The newest row is the window's unless the
+        // clock was set back past it; then the chain is read again with the
         // spend of the exact window.
         let fast = self
             .read(Mode::Autocommit, (token, now), |tx, (token, now)| {
                 Box::pin(async move {
-                    let found = tx.query(&CHARGE_CONTEXT_SQL, &[&&token.0[..]]).await?;
+                    let hash: &[u8] = &token.0;
+                    let mut found = tx.query(&LEAF_CONTEXT_SQL, &[&hash]).await?;
+                    let derived = match found.first() {
+                        Some(r) => r.try_get::<_, Option<String>>(11)?.is_some(),
+                        None => false,
+                    };
+                    if derived {
+                        // The whole chain in one statement (its own snapshot).
+                        found = tx.query(&CHARGE_CONTEXT_SQL, &[&hash]).await?;
+                    }
                     context_from_newest_spends(&found, *now)
                 })
             })
