@@ -2066,6 +2066,35 @@ async fn batch_case(store: &PgStore) {
         .await
         .unwrap();
     assert_eq!(succeeded.data.len(), 6);
+
+    // A charge the database refuses (PostgreSQL text cannot hold NUL) fails
+    // the batch's transaction: every charge of it runs again alone, and
+    // only that one fails.
+    let (t3, _) = issue(s, &fx, issue_with(1_000, Usage::MultiUse, None)).await;
+    let mut poisoned = new_charge(&fx, &t3, 50, true);
+    poisoned.description = Some("nul \u{0} inside".into());
+    let before = s.write_stats();
+    let answers = store
+        .create_charges_together(vec![
+            plain(&t3, 100, true),
+            (poisoned, NOW, None),
+            plain(&t3, 200, true),
+        ])
+        .await;
+    assert_eq!(answers[0].as_ref().unwrap().amount, 100);
+    assert!(
+        matches!(&answers[1], Err(StoreError::Invalid { param: "text", .. })),
+        "{:?}",
+        answers[1]
+    );
+    assert_eq!(answers[2].as_ref().unwrap().amount, 200);
+    let after = s.write_stats();
+    assert_eq!(
+        after.groups - before.groups,
+        2,
+        "the two good charges, each alone"
+    );
+    assert_eq!(spend(s, &t3, NOW).await, (300, 0));
     assert_ledger_balanced(s).await;
     assert_audit_valid(s).await;
 }
