@@ -41,6 +41,14 @@ pub const TOKEN_CHAIN_DEPTH_MAX: usize = 8;
 /// Group commit: most operations in one transaction, and the queue in front.
 pub const WRITER_BATCH_MAX: usize = 512;
 pub const WRITER_QUEUE_MAX: usize = 16_384;
+/// PostgreSQL: charges one transaction decides at most.
+pub const PG_CHARGE_BATCH_MAX: usize = 64;
+/// PostgreSQL: charge batches running at once on one node, each on its own
+/// connection. Two keep one batch's round trips overlapping another's work;
+/// more make the batches smaller and the statements per charge more
+/// (spread on a 2-core machine, BENCHMARKS.md: 1 slot 1.5k–2.1k charges/s,
+/// 2 slots 1.5k–2.5k, 4 slots 1.4k–1.5k, 8 slots 1.1k–1.5k).
+pub const PG_CHARGE_BATCHES_IN_FLIGHT: usize = 2;
 /// Page cache of each embedded-database connection, in KiB.
 pub const SQLITE_CACHE_KIB: i64 = 8 * 1024;
 /// The embedded database's WAL is checkpointed by a thread of its own this

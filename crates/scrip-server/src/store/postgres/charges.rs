@@ -1,13 +1,13 @@
 //! Charges on PostgreSQL, several to a transaction.
 //!
 //! A charge is the one write that arrives by the thousand per second, and
-//! on PostgreSQL its cost is statements, not rows: alone, it takes a dozen.
+//! on PostgreSQL much of its cost is per statement: alone, it takes a dozen.
 //! So a node's charges queue for a [`Batcher`], which runs them in batches:
 //! each batch is one transaction of a fixed number of statements, whatever
 //! its size, every statement covering all of the batch's charges. A few
-//! batches run at once (on their own connections); while they run, the
-//! next charges queue, so a batch's size follows the load, and an idle
-//! node runs a lone charge at once.
+//! batches run at once (`limits::PG_CHARGE_BATCHES_IN_FLIGHT`, each on its
+//! own connection); while they run, the next charges queue, so a batch's
+//! size follows the load, and an idle node runs a lone charge at once.
 //!
 //! A batch locks what it decides on in one order, the one every writer of
 //! token rows follows: its idempotency records (sorted), then every token
@@ -45,15 +45,6 @@ use super::{
     IdemClaim, Layer, Mode, PgResult, Remembered, TokenRow, Tx, ATTEMPTS_MAX, CHARGE_COLS,
     TOKEN_COLS, TOKEN_FROM,
 };
-
-/// Charges one transaction settles at most.
-const BATCH_MAX: usize = 64;
-/// Batches running at once on one node (each on its own connection). Two
-/// keep one batch's round trips overlapping another's work; more make the
-/// batches smaller and the statements per charge more (spread on this
-/// 2-core machine, BENCHMARKS.md: 1 slot 1.5k–2.1k charges/s, 2 slots
-/// 1.5k–2.5k, 4 slots 1.4k–1.5k, 8 slots 1.1k–1.5k).
-const BATCHES_IN_FLIGHT: usize = 2;
 
 /// The queue in front of a node's charge batches.
 pub(super) struct Batcher {
@@ -185,16 +176,16 @@ fn job(
 }
 
 impl Runner {
-    /// Takes what has queued (up to [`BATCH_MAX`]) whenever a batch slot is
-    /// free, and runs it as a batch.
+    /// Takes what has queued (up to [`limits::PG_CHARGE_BATCH_MAX`])
+    /// whenever a batch slot is free, and runs it as a batch.
     async fn run(self, mut jobs: mpsc::Receiver<Job>) {
-        let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
+        let slots = Arc::new(Semaphore::new(limits::PG_CHARGE_BATCHES_IN_FLIGHT));
         while let Some(first) = jobs.recv().await {
             let Ok(slot) = slots.clone().acquire_owned().await else {
                 break;
             };
             let mut batch = vec![first];
-            while batch.len() < BATCH_MAX {
+            while batch.len() < limits::PG_CHARGE_BATCH_MAX {
                 match jobs.try_recv() {
                     Ok(job) => batch.push(job),
                     Err(_) => break,
