@@ -6,8 +6,8 @@ use scrip_core::token::Scope;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::model::{AuditRecord, Metadata, ReportLine, Token};
-use super::{StoreError, StoreResult};
+use super::model::{AuditRecord, Charge, ChargeStatus, Metadata, NewCharge, ReportLine, Token};
+use super::{LedgerConfig, StoreError, StoreResult};
 
 /// Metadata as stored (a JSON object); an unreadable value reads as empty.
 pub(crate) fn metadata_from(text: &str) -> Metadata {
@@ -22,6 +22,80 @@ pub(crate) fn metadata_to(m: &Metadata) -> String {
 /// Serializes a view for an event payload.
 pub(crate) fn json<S: Serialize>(view: &S) -> Vec<u8> {
     serde_json::to_vec(view).unwrap_or_default()
+}
+
+/// The customer and card a token charges.
+pub(crate) struct ChargeCard {
+    pub(crate) customer_id: String,
+    pub(crate) payment_method_id: String,
+    pub(crate) brand: String,
+    pub(crate) last4: String,
+}
+
+/// The charge `new` makes once allowed at `now`: captured (its fee taken),
+/// or held until the hold's time to live.
+pub(crate) fn allowed_charge(
+    new: NewCharge,
+    card: ChargeCard,
+    ledger: &LedgerConfig,
+    now: i64,
+) -> Charge {
+    let amount = new.amount.get();
+    let (status, captured, fee, capture_before) = if new.capture {
+        let fee = ledger.fees.fee(amount, new.currency);
+        (ChargeStatus::Succeeded, amount, fee, None)
+    } else {
+        let until = now + limits::HOLD_TTL_SECS;
+        (ChargeStatus::RequiresCapture, 0, 0, Some(until))
+    };
+    charge_of(new, card, status, captured, fee, capture_before, now)
+}
+
+/// The charge `new` leaves when the card network declines it: `failed`,
+/// spending nothing.
+pub(crate) fn declined_charge(
+    new: NewCharge,
+    card: ChargeCard,
+    decline_code: &str,
+    now: i64,
+) -> Charge {
+    let mut charge = charge_of(new, card, ChargeStatus::Failed, 0, 0, None, now);
+    charge.failure_code = Some("card_declined".into());
+    charge.decline_code = Some(decline_code.to_owned());
+    charge
+}
+
+fn charge_of(
+    new: NewCharge,
+    card: ChargeCard,
+    status: ChargeStatus,
+    amount_captured: i64,
+    fee: i64,
+    capture_before: Option<i64>,
+    now: i64,
+) -> Charge {
+    Charge {
+        id: new.id,
+        token_id: new.token_id,
+        provider_id: new.provider_id,
+        customer_id: card.customer_id,
+        payment_method_id: card.payment_method_id,
+        amount: new.amount.get(),
+        amount_captured,
+        amount_refunded: 0,
+        currency: new.currency,
+        status,
+        description: new.description,
+        metadata: new.metadata,
+        brand: card.brand,
+        last4: card.last4,
+        created: now,
+        capture_before,
+        network_reference: new.network_reference,
+        fee,
+        failure_code: None,
+        decline_code: None,
+    }
 }
 
 /// What the charge decision needs to know about a token.

@@ -39,7 +39,9 @@ mod charges;
 mod ledger;
 mod outbox;
 
-use super::common::{json, metadata_from, metadata_to, not_found, scope_of};
+use super::common::{
+    declined_charge, json, metadata_from, metadata_to, not_found, scope_of, ChargeCard,
+};
 use super::model::*;
 use super::{IdemWrite, LedgerConfig, Store, StoreError, StoreResult, TokenChange, WriteStats};
 use crate::secrets::{new_id, SecretHash};
@@ -291,6 +293,13 @@ const STATEMENT_TIMEOUT_MS: u64 = 5_000;
 const IDLE_IN_TRANSACTION_TIMEOUT_MS: u64 = 30_000;
 /// Attempts of one write when it hits a serialization failure or deadlock.
 const ATTEMPTS_MAX: u32 = 5;
+
+/// The wait before attempt `attempt + 1` of a write: growing, with jitter so
+/// that transactions that collided do not collide again.
+async fn retry_pause(attempt: u32) {
+    let jitter = rand::random::<u64>() % 10;
+    tokio::time::sleep(Duration::from_millis((5 << attempt) + jitter)).await;
+}
 /// How long a claimed delivery is reserved for the node that claimed it
 /// (longer than one attempt's timeout).
 const DELIVERY_LEASE_SECS: i64 = 60;
@@ -378,6 +387,16 @@ fn describe_pg_error(e: &tokio_postgres::Error) -> String {
         source = s.source();
     }
     text
+}
+
+/// The sealed value in columns `first`, `first + 1`, `first + 2` (key id,
+/// nonce, ciphertext).
+pub(super) fn sealed_at(r: &Row, first: usize) -> PgResult<Sealed> {
+    Ok(Sealed {
+        key_id: r.try_get(first)?,
+        nonce: r.try_get(first + 1)?,
+        ciphertext: r.try_get(first + 2)?,
+    })
 }
 
 /// A failed row conversion.
@@ -879,6 +898,23 @@ impl Counters {
     }
 }
 
+/// A connection from `pool` (at `target`, for messages): `Overloaded` when
+/// none frees up in time.
+async fn pooled(pool: &Pool, target: &str) -> PgResult<Object> {
+    pool.get().await.map_err(|e| {
+        Fail::Store(match e {
+            PoolError::Timeout(deadpool_postgres::TimeoutType::Wait) => StoreError::Overloaded,
+            PoolError::Backend(e) => StoreError::Database(format!(
+                "cannot connect to PostgreSQL at {target}: {}",
+                describe_pg_error(&e)
+            )),
+            other => {
+                StoreError::Database(format!("cannot connect to PostgreSQL at {target}: {other}"))
+            }
+        })
+    })
+}
+
 /// The PostgreSQL store.
 pub struct PgStore {
     pool: Pool,
@@ -969,8 +1005,13 @@ impl PgStore {
         let store = PgStore {
             pool: pool.clone(),
             ledger,
+            charges: charges::Batcher::start(
+                pool.clone(),
+                target.clone(),
+                ledger,
+                counters.clone(),
+            ),
             target,
-            charges: charges::Batcher::start(pool.clone(), ledger, counters.clone()),
             counters,
             _chaining: alive.clone(),
         };
@@ -1063,11 +1104,7 @@ impl PgStore {
                 Ok(Some(ChargeContext {
                     token_id,
                     payment_method_id: r.try_get(1)?,
-                    sealed_number: Sealed {
-                        key_id: r.try_get(2)?,
-                        nonce: r.try_get(3)?,
-                        ciphertext: r.try_get(4)?,
-                    },
+                    sealed_number: sealed_at(&r, 2)?,
                     chain,
                 }))
             })
@@ -1076,20 +1113,7 @@ impl PgStore {
     }
 
     async fn client(&self) -> PgResult<Object> {
-        self.pool.get().await.map_err(|e| {
-            Fail::Store(match e {
-                PoolError::Timeout(deadpool_postgres::TimeoutType::Wait) => StoreError::Overloaded,
-                PoolError::Backend(e) => StoreError::Database(format!(
-                    "cannot connect to PostgreSQL at {}: {}",
-                    self.target,
-                    describe_pg_error(&e)
-                )),
-                other => StoreError::Database(format!(
-                    "cannot connect to PostgreSQL at {}: {other}",
-                    self.target
-                )),
-            })
-        })
+        pooled(&self.pool, &self.target).await
     }
 
     async fn migrate(&self) -> StoreResult<()> {
@@ -1138,8 +1162,7 @@ impl PgStore {
                 Err(fail)
                     if fail.retryable() && attempt < ATTEMPTS_MAX && idem.is_some() == had_idem =>
                 {
-                    let jitter = rand::random::<u64>() % 10;
-                    tokio::time::sleep(Duration::from_millis((5 << attempt) + jitter)).await;
+                    retry_pause(attempt).await;
                 }
                 Err(fail) => return Err(fail.into_store()),
             }
@@ -1873,11 +1896,7 @@ fn context_from_newest_spends(found: &[Row], now: UnixSecs) -> PgResult<ContextR
     Ok(ContextRead::Done(Some(ChargeContext {
         token_id: first.try_get(0)?,
         payment_method_id: first.try_get(3)?,
-        sealed_number: Sealed {
-            key_id: first.try_get(18)?,
-            nonce: first.try_get(19)?,
-            ciphertext: first.try_get(20)?,
-        },
+        sealed_number: sealed_at(first, 18)?,
         chain,
     })))
 }
@@ -2061,7 +2080,7 @@ async fn release_hold(tx: &Tx, charge: &mut Charge, now: UnixSecs) -> PgResult<(
 }
 
 /// The customer and card a token charges: (customer, payment method, brand, last4).
-async fn charge_card(tx: &Tx, token_id: &str) -> PgResult<(String, String, String, String)> {
+async fn charge_card(tx: &Tx, token_id: &str) -> PgResult<ChargeCard> {
     let r = tx
         .query_opt(
             "SELECT t.customer_id, pm.id, pm.brand, pm.last4 FROM tokens t
@@ -2070,7 +2089,12 @@ async fn charge_card(tx: &Tx, token_id: &str) -> PgResult<(String, String, Strin
         )
         .await?
         .ok_or_else(|| StoreError::Database(format!("no such token: {token_id}")))?;
-    Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?))
+    Ok(ChargeCard {
+        customer_id: r.try_get(0)?,
+        payment_method_id: r.try_get(1)?,
+        brand: r.try_get(2)?,
+        last4: r.try_get(3)?,
+    })
 }
 
 async fn insert_charge(tx: &Tx, charge: &Charge) -> PgResult<()> {
@@ -2475,11 +2499,7 @@ impl Store for PgStore {
                     request_hash: <[u8; 32]>::try_from(hash.as_slice())
                         .map_err(|_| bad_row("request_hash"))?,
                     status: u16::try_from(status).map_err(|_| bad_row("response status"))?,
-                    sealed_body: Sealed {
-                        key_id: r.try_get(2)?,
-                        nonce: r.try_get(3)?,
-                        ciphertext: r.try_get(4)?,
-                    },
+                    sealed_body: sealed_at(&r, 2)?,
                     created: r.try_get(5)?,
                 }))
             })
@@ -3192,30 +3212,8 @@ impl Store for PgStore {
         let args = (new, decline_code.to_owned(), now);
         self.write(args, idem, |tx, (new, decline_code, now)| {
             Box::pin(async move {
-                let (customer_id, payment_method_id, brand, last4) =
-                    charge_card(tx, &new.token_id).await?;
-                let charge = Charge {
-                    id: new.id.clone(),
-                    token_id: new.token_id.clone(),
-                    provider_id: new.provider_id.clone(),
-                    customer_id,
-                    payment_method_id,
-                    amount: new.amount.get(),
-                    amount_captured: 0,
-                    amount_refunded: 0,
-                    currency: new.currency,
-                    status: ChargeStatus::Failed,
-                    description: new.description.clone(),
-                    metadata: new.metadata.clone(),
-                    brand,
-                    last4,
-                    created: *now,
-                    capture_before: None,
-                    network_reference: new.network_reference.clone(),
-                    fee: 0,
-                    failure_code: Some("card_declined".into()),
-                    decline_code: Some(decline_code.clone()),
-                };
+                let card = charge_card(tx, &new.token_id).await?;
+                let charge = declined_charge(new.clone(), card, decline_code, *now);
                 tx.audit(
                     "charge.failed",
                     &charge.id,

@@ -28,7 +28,7 @@ use tokio::sync::oneshot;
 mod ledger;
 mod outbox;
 
-use super::common::{json, metadata_to, not_found};
+use super::common::{allowed_charge, declined_charge, json, metadata_to, not_found, ChargeCard};
 use super::model::*;
 use super::{IdemWrite, LedgerConfig, Store, StoreError, StoreResult, TokenChange, WriteStats};
 use crate::secrets::SecretHash;
@@ -1452,14 +1452,19 @@ fn release_hold(conn: &Connection, charge: &mut Charge, now: UnixSecs) -> StoreR
 }
 
 /// The customer and card a token charges: (customer, payment method, brand, last4).
-fn charge_card(conn: &Connection, token_id: &str) -> StoreResult<(String, String, String, String)> {
+fn charge_card(conn: &Connection, token_id: &str) -> StoreResult<ChargeCard> {
     Ok(conn
         .prepare_cached(
             "SELECT t.customer_id, pm.id, pm.brand, pm.last4 FROM tokens t
              JOIN payment_methods pm ON pm.id = t.payment_method_id WHERE t.id = ?1",
         )?
         .query_row([token_id], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            Ok(ChargeCard {
+                customer_id: r.get(0)?,
+                payment_method_id: r.get(1)?,
+                brand: r.get(2)?,
+                last4: r.get(3)?,
+            })
         })?)
 }
 
@@ -2438,30 +2443,8 @@ impl Store for SqliteStore {
         let decline_code = decline_code.to_owned();
         self.write(
             move |conn| {
-                let (customer_id, payment_method_id, brand, last4) =
-                    charge_card(conn, &new.token_id)?;
-                let charge = Charge {
-                    id: new.id,
-                    token_id: new.token_id,
-                    provider_id: new.provider_id,
-                    customer_id,
-                    payment_method_id,
-                    amount: new.amount.get(),
-                    amount_captured: 0,
-                    amount_refunded: 0,
-                    currency: new.currency,
-                    status: ChargeStatus::Failed,
-                    description: new.description,
-                    metadata: new.metadata,
-                    brand,
-                    last4,
-                    created: now,
-                    capture_before: None,
-                    network_reference: new.network_reference,
-                    fee: 0,
-                    failure_code: Some("card_declined".into()),
-                    decline_code: Some(decline_code),
-                };
+                let card = charge_card(conn, &new.token_id)?;
+                let charge = declined_charge(new, card, &decline_code, now);
                 insert_charge(conn, &charge)?;
                 outbox::audit(
                     conn,
@@ -2502,41 +2485,12 @@ impl Store for SqliteStore {
                     now,
                 )
                 .map_err(StoreError::Refused)?;
-                let (customer_id, payment_method_id, brand, last4) = charge_card(conn, &new.token_id)?;
-                let amount = new.amount.get();
-                let fee = if new.capture {
-                    config.fees.fee(amount, new.currency)
-                } else {
-                    0
-                };
-                let charge = Charge {
-                    id: new.id,
-                    token_id: new.token_id,
-                    provider_id: new.provider_id,
-                    customer_id,
-                    payment_method_id,
-                    amount,
-                    amount_captured: if new.capture { amount } else { 0 },
-                    amount_refunded: 0,
-                    currency: new.currency,
-                    status: if new.capture {
-                        ChargeStatus::Succeeded
-                    } else {
-                        ChargeStatus::RequiresCapture
-                    },
-                    description: new.description,
-                    metadata: new.metadata,
-                    brand,
-                    last4,
-                    created: now,
-                    capture_before: (!new.capture).then_some(now + limits::HOLD_TTL_SECS),
-                    network_reference: new.network_reference,
-                    fee,
-                    failure_code: None,
-                    decline_code: None,
-                };
+                let card = charge_card(conn, &new.token_id)?;
+                let capture = new.capture;
+                let charge = allowed_charge(new, card, &config, now);
+                let (amount, fee) = (charge.amount, charge.fee);
                 insert_charge(conn, &charge)?;
-                if new.capture {
+                if capture {
                     adjust_spend(conn, &charge.token_id, now, amount, 0)?;
                     ledger::capture(
                         conn,

@@ -26,7 +26,6 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use futures_util::future::{join_all, try_join, try_join3, try_join4};
@@ -35,15 +34,15 @@ use scrip_core::token::{self, ChargeRequest, Link, Spend, StoredStatus, Usage};
 use scrip_core::UnixSecs;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use super::super::common::{json, scope_of};
+use super::super::common::{allowed_charge, json, scope_of, ChargeCard};
 use super::super::model::*;
 use super::super::{IdemWrite, LedgerConfig, Render, StoreError, StoreResult};
 use super::ledger::{self, Capture, Post};
 use super::outbox::{self, NewEvent};
 use super::{
-    add_spends, claim_many, insert_charges, release_hold, rows, spends, token_row, Counters, Fail,
-    IdemClaim, Layer, Mode, PgResult, Remembered, TokenRow, Tx, ATTEMPTS_MAX, CHARGE_COLS,
-    TOKEN_COLS, TOKEN_FROM,
+    add_spends, claim_many, insert_charges, pooled, release_hold, retry_pause, rows, spends,
+    token_row, Counters, Fail, IdemClaim, Layer, Mode, PgResult, Remembered, TokenRow, Tx,
+    ATTEMPTS_MAX, CHARGE_COLS, TOKEN_COLS, TOKEN_FROM,
 };
 
 /// The queue in front of a node's charge batches.
@@ -73,6 +72,8 @@ struct JobIdem {
 #[derive(Clone)]
 struct Runner {
     pool: Pool,
+    /// Where it connects (no password), for error messages.
+    target: String,
     ledger: LedgerConfig,
     counters: Arc<Counters>,
 }
@@ -98,10 +99,16 @@ enum Failed {
 impl Batcher {
     /// Starts the batch runner; it stops once the batcher is dropped and
     /// its queue drained.
-    pub(super) fn start(pool: Pool, ledger: LedgerConfig, counters: Arc<Counters>) -> Batcher {
+    pub(super) fn start(
+        pool: Pool,
+        target: String,
+        ledger: LedgerConfig,
+        counters: Arc<Counters>,
+    ) -> Batcher {
         let (queue, jobs) = mpsc::channel(limits::WRITER_QUEUE_MAX);
         let runner = Runner {
             pool,
+            target,
             ledger,
             counters,
         };
@@ -256,8 +263,7 @@ impl Runner {
                     _ => break Err(StoreError::Database("a charge went unanswered".into())),
                 },
                 Err(Failed::RolledBack(fail)) if fail.retryable() && attempt < ATTEMPTS_MAX => {
-                    let jitter = rand::random::<u64>() % 10;
-                    tokio::time::sleep(Duration::from_millis((5 << attempt) + jitter)).await;
+                    retry_pause(attempt).await;
                 }
                 Err(Failed::RolledBack(fail) | Failed::Unknown(fail)) => {
                     break Err(fail.into_store())
@@ -270,14 +276,9 @@ impl Runner {
     /// One transaction deciding and writing `jobs`: each one's answer, in
     /// order, once committed.
     async fn attempt(&self, jobs: &[Job]) -> Result<Vec<Answer>, Failed> {
-        let client = self.pool.get().await.map_err(|e| {
-            Failed::RolledBack(Fail::Store(match e {
-                deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Wait) => {
-                    StoreError::Overloaded
-                }
-                other => StoreError::Database(format!("cannot connect to PostgreSQL: {other}")),
-            }))
-        })?;
+        let client = pooled(&self.pool, &self.target)
+            .await
+            .map_err(Failed::RolledBack)?;
         let identity = jobs
             .first()
             .map(|j| j.identity.clone())
@@ -305,6 +306,9 @@ impl Runner {
         Ok(answers)
     }
 }
+
+/// A spend row: (token, window start).
+type SpendKey = (String, i64);
 
 /// A token of a batch's chains, with its card's brand and last4.
 struct Held {
@@ -383,22 +387,34 @@ async fn decide_and_write(tx: &Tx, jobs: &[Job]) -> PgResult<(Vec<Answer>, Vec<R
 
     // The spend each charge is decided on, in the window of its own time;
     // holds past their capture window are released first.
+    // Each job's chain as held, with each link's spend row (token, window
+    // start) at the job's own time; `None` for an unknown token.
     let latest = jobs.iter().map(|j| j.now).max().unwrap_or_default();
-    let mut keys: BTreeSet<(String, i64)> = BTreeSet::new();
-    for job in jobs {
-        for id in chains.get(&job.new.token_id).into_iter().flatten() {
-            if let Some(h) = held.get(id) {
-                let start = h
-                    .row
-                    .token
-                    .period
-                    .window(job.now, h.row.token.created)
-                    .start;
-                keys.insert((id.clone(), start));
+    let job_chains: Vec<Option<(Vec<&Held>, Vec<SpendKey>)>> = jobs
+        .iter()
+        .map(|job| {
+            let ids = chains.get(&job.new.token_id)?;
+            let chain: Vec<&Held> = ids.iter().map(|id| held.get(id)).collect::<Option<_>>()?;
+            if chain.is_empty() {
+                return None;
             }
-        }
-    }
-    let keys: Vec<(String, i64)> = keys.into_iter().collect();
+            let windows = chain
+                .iter()
+                .map(|h| {
+                    let t = &h.row.token;
+                    (t.id.clone(), t.period.window(job.now, t.created).start)
+                })
+                .collect();
+            Some((chain, windows))
+        })
+        .collect();
+    let keys: Vec<(String, i64)> = job_chains
+        .iter()
+        .flatten()
+        .flat_map(|(_, windows)| windows.iter().cloned())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
     let expired_sql = format!(
         "SELECT {CHARGE_COLS} FROM charges
          WHERE token_id = ANY($1) AND status = 'requires_capture' AND capture_before <= $2
@@ -428,26 +444,16 @@ async fn decide_and_write(tx: &Tx, jobs: &[Job]) -> PgResult<(Vec<Answer>, Vec<R
             continue;
         }
         let new = &job.new;
-        let chain: Option<Vec<&Held>> = chains
-            .get(&new.token_id)
-            .and_then(|ids| ids.iter().map(|id| held.get(id)).collect());
-        let Some(chain) = chain.filter(|c| !c.is_empty()) else {
+        let Some((chain, windows)) = &job_chains[i] else {
             answers[i] = Some(Answer::Done(Err(super::not_found(
                 "payment_token",
                 &new.token_id,
             ))));
             continue;
         };
-        let windows: Vec<(String, i64)> = chain
-            .iter()
-            .map(|h| {
-                let t = &h.row.token;
-                (t.id.clone(), t.period.window(job.now, t.created).start)
-            })
-            .collect();
         let links: Vec<Link> = chain
             .iter()
-            .zip(&windows)
+            .zip(windows)
             .map(|(h, key)| {
                 let mut standing = h.row.standing;
                 if exhausted.contains(&h.row.token.id) {
@@ -471,7 +477,7 @@ async fn decide_and_write(tx: &Tx, jobs: &[Job]) -> PgResult<(Vec<Answer>, Vec<R
         }
         let leaf = chain[0];
         let amount = new.amount.get();
-        for key in &windows {
+        for key in windows {
             let s = spent.entry(key.clone()).or_default();
             if new.capture {
                 s.captured += amount;
@@ -485,8 +491,8 @@ async fn decide_and_write(tx: &Tx, jobs: &[Job]) -> PgResult<(Vec<Answer>, Vec<R
         }
         allowed.push(Allowed {
             job: i,
-            charge: new_charge(tx.ledger, job, leaf),
-            windows,
+            charge: new_charge(&tx.ledger, job, leaf),
+            windows: windows.clone(),
             exhausts,
         });
     }
@@ -543,39 +549,14 @@ async fn decide_and_write(tx: &Tx, jobs: &[Job]) -> PgResult<(Vec<Answer>, Vec<R
 }
 
 /// The charge a job makes on its token (`leaf`).
-fn new_charge(ledger: LedgerConfig, job: &Job, leaf: &Held) -> Charge {
-    let new = &job.new;
-    let amount = new.amount.get();
-    Charge {
-        id: new.id.clone(),
-        token_id: new.token_id.clone(),
-        provider_id: new.provider_id.clone(),
+fn new_charge(ledger: &LedgerConfig, job: &Job, leaf: &Held) -> Charge {
+    let card = ChargeCard {
         customer_id: leaf.row.token.customer_id.clone(),
         payment_method_id: leaf.row.token.payment_method_id.clone(),
-        amount,
-        amount_captured: if new.capture { amount } else { 0 },
-        amount_refunded: 0,
-        currency: new.currency,
-        status: if new.capture {
-            ChargeStatus::Succeeded
-        } else {
-            ChargeStatus::RequiresCapture
-        },
-        description: new.description.clone(),
-        metadata: new.metadata.clone(),
         brand: leaf.brand.clone(),
         last4: leaf.last4.clone(),
-        created: job.now,
-        capture_before: (!new.capture).then_some(job.now + limits::HOLD_TTL_SECS),
-        network_reference: new.network_reference.clone(),
-        fee: if new.capture {
-            ledger.fees.fee(amount, new.currency)
-        } else {
-            0
-        },
-        failure_code: None,
-        decline_code: None,
-    }
+    };
+    allowed_charge(job.new.clone(), card, ledger, job.now)
 }
 
 /// Writes the allowed charges, their spend, their ledger transactions and

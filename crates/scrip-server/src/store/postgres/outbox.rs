@@ -10,9 +10,8 @@ use tokio_postgres::Row;
 
 use super::super::common::{audit_hash, event_json};
 use super::super::model::*;
-use super::{bad_row, not_found, rows, PgResult, Tx};
+use super::{bad_row, not_found, rows, sealed_at, PgResult, Tx};
 use crate::secrets::new_id;
-use crate::vault::Sealed;
 
 /// An event to write: what happened to which object (its JSON view as of
 /// now), and the parties that may see it.
@@ -351,11 +350,7 @@ pub(super) async fn claim(
             delivery_id: r.try_get(0)?,
             endpoint_id: r.try_get(1)?,
             url: r.try_get(2)?,
-            sealed_secret: Sealed {
-                key_id: r.try_get(3)?,
-                nonce: r.try_get(4)?,
-                ciphertext: r.try_get(5)?,
-            },
+            sealed_secret: sealed_at(r, 3)?,
             body: r.try_get(6)?,
             attempt_count: r.try_get(7)?,
             first_attempt_at: r.try_get(8)?,
