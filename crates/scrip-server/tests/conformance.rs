@@ -2098,3 +2098,157 @@ async fn batch_case(store: &PgStore) {
     assert_ledger_balanced(s).await;
     assert_audit_valid(s).await;
 }
+
+/// PostgreSQL answers concurrent lookups of secrets and charge contexts
+/// several to a statement. One such statement, over keys that exercise
+/// every case, gives each key what a lookup of it alone gives: the right
+/// principal or none, a derived token's whole chain, the spend of the
+/// window asked for (the exact read when the clock was set back), the
+/// same answer twice for a key asked twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_lookups_answer_each_key_in_its_place() {
+    let Some(base) = postgres_url() else {
+        report("postgres_lookups_answer_each_key_in_its_place: PostgreSQL not configured");
+        return;
+    };
+    let schema = format!("scrip_test_{}", hex::encode(rand::random::<[u8; 6]>()));
+    PgStore::create_schema(&base, &schema).await.unwrap();
+    let url = url_with_search_path(&base, &schema);
+    let outcome = tokio::spawn(async move {
+        let store = PgStore::connect(&url, LedgerConfig::default())
+            .await
+            .unwrap();
+        lookups_case(&store).await;
+    })
+    .await;
+    PgStore::drop_schema(&base, &schema).await.unwrap();
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+    report("postgres_lookups_answer_each_key_in_its_place: passed on postgres");
+}
+
+async fn lookups_case(store: &PgStore) {
+    let s: &dyn Store = store;
+    let fx = fixture(s).await;
+    let credential = || Credential {
+        id: new_id("oc"),
+        customer_id: fx.customer.clone(),
+        name: None,
+        active: true,
+        created: NOW,
+        revoked_at: None,
+    };
+    let orch = hash_secret(&new_id("sk_orch"));
+    let live = s.create_credential(credential(), orch, None).await.unwrap();
+    let gone = hash_secret(&new_id("sk_orch"));
+    let revoked = s.create_credential(credential(), gone, None).await.unwrap();
+    s.revoke_credential(&revoked.id, NOW, None).await.unwrap();
+    let prov = hash_secret(&new_id("sk_prov"));
+    let provider = s
+        .create_provider(
+            Provider {
+                id: new_id("prov"),
+                name: "Fly".into(),
+                metadata: Metadata::new(),
+                created: NOW,
+            },
+            prov,
+            None,
+        )
+        .await
+        .unwrap();
+    let (leaf, leaf_secret) = issue(s, &fx, Issue::default()).await;
+    let (parent, parent_secret) = issue(s, &fx, Issue::default()).await;
+    let (child, child_secret) = issue(
+        s,
+        &fx,
+        Issue {
+            parent: Some(parent.clone()),
+            ..Default::default()
+        },
+    )
+    .await;
+    charge(s, &fx, &leaf, 700, true).await;
+    charge(s, &fx, &child, 300, false).await;
+    let unknown = hash_secret(&new_id("scrip_pt"));
+
+    // Secrets.
+    let secrets = vec![orch, unknown, prov, leaf_secret, gone, orch];
+    let together = store.resolve_secrets_together(secrets.clone()).await;
+    let expected = [
+        Some(Principal::Orchestrator {
+            credential_id: live.id.clone(),
+            customer_id: fx.customer.clone(),
+        }),
+        None,
+        Some(Principal::Provider {
+            provider_id: provider.id.clone(),
+        }),
+        Some(Principal::Token {
+            token_id: leaf.clone(),
+        }),
+        None,
+        Some(Principal::Orchestrator {
+            credential_id: live.id.clone(),
+            customer_id: fx.customer.clone(),
+        }),
+    ];
+    for ((hash, got), want) in secrets.iter().zip(together).zip(&expected) {
+        assert_eq!(&got.unwrap(), want);
+        assert_eq!(&s.resolve_secret(*hash).await.unwrap(), want, "alone");
+    }
+
+    // Charge contexts. Forty days back is before the spend rows' month:
+    // the newest row is newer than that window, so it is read exactly.
+    let back = NOW - 40 * DAY;
+    let keys = vec![
+        (leaf_secret, NOW),
+        (unknown, NOW),
+        (child_secret, NOW),
+        (parent_secret, NOW),
+        (leaf_secret, back),
+        (prov, NOW),
+        (leaf_secret, NOW),
+    ];
+    let together: Vec<Option<ChargeContext>> = store
+        .charge_contexts_together(keys.clone())
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    for ((hash, now), got) in keys.iter().zip(&together) {
+        let alone = s.charge_context(*hash, *now).await.unwrap();
+        assert_eq!(format!("{got:?}"), format!("{alone:?}"), "alone");
+    }
+    let spends = |ctx: &Option<ChargeContext>| -> Vec<(i64, i64)> {
+        ctx.as_ref()
+            .unwrap()
+            .chain
+            .iter()
+            .map(|l| (l.spend.captured, l.spend.pending))
+            .collect()
+    };
+    let id = |ctx: &Option<ChargeContext>| ctx.as_ref().unwrap().token_id.clone();
+    assert_eq!(
+        (id(&together[0]), spends(&together[0])),
+        (leaf.clone(), vec![(700, 0)])
+    );
+    assert!(together[1].is_none(), "no such token");
+    assert_eq!(
+        (id(&together[2]), spends(&together[2])),
+        (child.clone(), vec![(0, 300), (0, 300)]),
+        "the child, then its parent"
+    );
+    assert_eq!(
+        (id(&together[3]), spends(&together[3])),
+        (parent, vec![(0, 300)])
+    );
+    assert_eq!(
+        spends(&together[4]),
+        vec![(0, 0)],
+        "nothing spent 40 days back"
+    );
+    assert!(together[5].is_none(), "a provider's secret is not a token");
+    assert_eq!(spends(&together[6]), vec![(700, 0)]);
+}

@@ -22,7 +22,7 @@ use crate::vault::{Sealed, WrappedKey};
 use model::*;
 
 /// Operating errors of the store, mapped to API errors by `api::error`.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
     /// No such object, or not one the caller may see.
     #[error("no such {resource}: {id}")]

@@ -37,6 +37,7 @@ use tokio_postgres::{NoTls, Row, Statement};
 
 mod charges;
 mod ledger;
+mod lookups;
 mod outbox;
 
 use super::common::{
@@ -924,6 +925,10 @@ pub struct PgStore {
     counters: std::sync::Arc<Counters>,
     /// Charges, several to a transaction.
     charges: charges::Batcher,
+    /// Secrets resolved, several to a statement.
+    secrets: lookups::Lookups<SecretHash, Option<Principal>>,
+    /// Charge contexts read, several to a statement.
+    contexts: lookups::Lookups<(SecretHash, UnixSecs), ContextRead>,
     /// The audit chaining task runs while this lives.
     _chaining: std::sync::Arc<()>,
 }
@@ -1011,6 +1016,18 @@ impl PgStore {
                 ledger,
                 counters.clone(),
             ),
+            secrets: lookups::Lookups::start(
+                "secret",
+                pool.clone(),
+                target.clone(),
+                read_secrets(),
+            ),
+            contexts: lookups::Lookups::start(
+                "charge context",
+                pool.clone(),
+                target.clone(),
+                read_contexts(),
+            ),
             target,
             counters,
             _chaining: alive.clone(),
@@ -1030,6 +1047,35 @@ impl PgStore {
         charges: Vec<(NewCharge, UnixSecs, Option<IdemWrite<Charge>>)>,
     ) -> Vec<StoreResult<Charge>> {
         self.charges.together(charges).await
+    }
+
+    /// Resolves `secrets` with one statement, as concurrent
+    /// [`Store::resolve_secret`] calls are when they queue together. For
+    /// tests of the lookup itself, whose size otherwise depends on timing.
+    pub async fn resolve_secrets_together(
+        &self,
+        secrets: Vec<SecretHash>,
+    ) -> Vec<StoreResult<Option<Principal>>> {
+        self.secrets.together(secrets).await
+    }
+
+    /// Reads the charge contexts of `tokens` with one statement (and one
+    /// more per derived token), as concurrent [`Store::charge_context`]
+    /// calls are when they queue together. For tests of the lookup itself.
+    pub async fn charge_contexts_together(
+        &self,
+        tokens: Vec<(SecretHash, UnixSecs)>,
+    ) -> Vec<StoreResult<Option<ChargeContext>>> {
+        let found = self.contexts.together(tokens.clone()).await;
+        let mut contexts = Vec::with_capacity(found.len());
+        for (read, (token, now)) in found.into_iter().zip(tokens) {
+            contexts.push(match read {
+                Ok(ContextRead::Done(ctx)) => Ok(ctx),
+                Ok(ContextRead::Exact) => self.charge_context_exact(token, now).await,
+                Err(e) => Err(e),
+            });
+        }
+        contexts
     }
 
     /// One row by its id (`select` takes it as `$1`), or `resource_missing`.
@@ -1840,23 +1886,133 @@ static CHARGE_CONTEXT_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::ne
     )
 });
 
-/// [`CHARGE_CONTEXT_SQL`] for a token without a parent (most are): the
-/// same columns, without the recursion, each table reached through its
-/// key (a `LIMIT`ed lateral lookup is never turned into a scan, whatever
-/// the planner thinks of a table's size).
+/// [`CHARGE_CONTEXT_SQL`] for tokens without a parent (most are), by
+/// their secret hashes (`$1`, an array): for each hash found, its token's
+/// row of the same columns, then the hash's place in `$1` (from 1). No
+/// recursion, and each table reached through its key (a `LIMIT`ed lateral
+/// lookup is never turned into a scan, whatever the planner thinks of a
+/// table's size). A token with a parent has its own row here too, which
+/// says so (`parent_id`).
 static LEAF_CONTEXT_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
-        "SELECT {TOKEN_COLS}, pm.key_id, pm.nonce, pm.ciphertext, sp.period_start, sp.captured, sp.pending
-         FROM api_secrets s JOIN tokens t ON t.id = s.object_id
+        "SELECT {TOKEN_COLS}, pm.key_id, pm.nonce, pm.ciphertext, sp.period_start, sp.captured, sp.pending, k.i
+         FROM unnest($1::bytea[]) WITH ORDINALITY AS k(hash, i)
+         JOIN LATERAL (SELECT object_id FROM api_secrets
+                       WHERE hash = k.hash AND role = 'token' LIMIT 1) s ON true
+         JOIN LATERAL (SELECT * FROM tokens WHERE id = s.object_id LIMIT 1) t ON true
          JOIN LATERAL (SELECT active FROM credentials WHERE id = t.credential_id LIMIT 1) c ON true
          JOIN LATERAL (SELECT active, key_id, nonce, ciphertext FROM payment_methods
                        WHERE id = t.payment_method_id LIMIT 1) pm ON true
          JOIN LATERAL (SELECT name FROM providers WHERE id = t.provider_id LIMIT 1) p ON true
          LEFT JOIN LATERAL (SELECT period_start, captured, pending FROM token_spend
-                            WHERE token_id = t.id ORDER BY period_start DESC LIMIT 1) sp ON true
-         WHERE s.hash = $1 AND s.role = 'token'"
+                            WHERE token_id = t.id ORDER BY period_start DESC LIMIT 1) sp ON true"
     )
 });
+
+/// The principals of secret hashes (`$1`, an array), as rows of the hash,
+/// role, object and credential columns, then the hash's place in `$1`
+/// (from 1); a hash with no secret has no row. Each table is reached
+/// through its key, however many hashes there are.
+const SECRETS_SQL: &str = "SELECT s.hash, s.role, s.object_id, c.customer_id, c.active, k.i
+     FROM unnest($1::bytea[]) WITH ORDINALITY AS k(hash, i)
+     JOIN LATERAL (SELECT hash, role, object_id FROM api_secrets WHERE hash = k.hash LIMIT 1) s ON true
+     LEFT JOIN LATERAL (SELECT customer_id, active FROM credentials
+                        WHERE s.role = 'orchestrator' AND id = s.object_id LIMIT 1) c ON true";
+
+/// Resolves secret hashes with one statement ([`SECRETS_SQL`]).
+fn read_secrets() -> lookups::ReadMany<SecretHash, Option<Principal>> {
+    std::sync::Arc::new(|client, hashes: Vec<SecretHash>| {
+        Box::pin(async move {
+            let keys: Vec<&[u8]> = hashes.iter().map(|h| &h.0[..]).collect();
+            let stmt = client.prepare_cached(SECRETS_SQL).await?;
+            let rows = client.query(&stmt, &[&keys]).await?;
+            let mut found = vec![None; hashes.len()];
+            for r in &rows {
+                let i = place(r, 5, hashes.len())?;
+                found[i] = principal_of(r, &hashes[i])?;
+            }
+            Ok(found)
+        })
+    })
+}
+
+/// A row's place among the keys of a lookup, from its ordinality column.
+fn place(r: &Row, column: usize, keys: usize) -> PgResult<usize> {
+    let i: i64 = r.try_get(column)?;
+    usize::try_from(i - 1)
+        .ok()
+        .filter(|&i| i < keys)
+        .ok_or_else(|| bad_row("ordinality"))
+}
+
+/// The principal of one row of [`SECRETS_SQL`], if it is `hash`'s and
+/// still in force.
+fn principal_of(r: &Row, hash: &SecretHash) -> PgResult<Option<Principal>> {
+    let stored: Vec<u8> = r.try_get(0)?;
+    let role: String = r.try_get(1)?;
+    let object_id: String = r.try_get(2)?;
+    // The index found it; compare again in constant time so the decision
+    // never depends on a variable-time comparison.
+    let stored = <[u8; 32]>::try_from(stored.as_slice()).map(SecretHash).ok();
+    if !stored.is_some_and(|s| s.ct_eq(hash)) {
+        return Ok(None);
+    }
+    Ok(match role.as_str() {
+        "orchestrator" => {
+            let customer_id: Option<String> = r.try_get(3)?;
+            let active: Option<bool> = r.try_get(4)?;
+            match (customer_id, active) {
+                (Some(customer_id), Some(true)) => Some(Principal::Orchestrator {
+                    credential_id: object_id,
+                    customer_id,
+                }),
+                _ => None,
+            }
+        }
+        "provider" => Some(Principal::Provider {
+            provider_id: object_id,
+        }),
+        "token" => Some(Principal::Token {
+            token_id: object_id,
+        }),
+        _ => None,
+    })
+}
+
+/// Reads charge contexts: for each token secret hash, [`LEAF_CONTEXT_SQL`]
+/// over all of them in one statement, then [`CHARGE_CONTEXT_SQL`] for each
+/// token that has a parent.
+fn read_contexts() -> lookups::ReadMany<(SecretHash, UnixSecs), ContextRead> {
+    std::sync::Arc::new(|client, keys: Vec<(SecretHash, UnixSecs)>| {
+        Box::pin(async move {
+            let hashes: Vec<&[u8]> = keys.iter().map(|(h, _)| &h.0[..]).collect();
+            let stmt = client.prepare_cached(&LEAF_CONTEXT_SQL).await?;
+            let leaves = client.query(&stmt, &[&hashes]).await?;
+            let mut rows: Vec<Option<Row>> = (0..keys.len()).map(|_| None).collect();
+            for r in leaves {
+                let i = place(&r, 24, keys.len())?;
+                rows[i] = Some(r);
+            }
+            let mut found = Vec::with_capacity(keys.len());
+            for (row, (hash, now)) in rows.into_iter().zip(&keys) {
+                let read = match row {
+                    None => ContextRead::Done(None),
+                    Some(r) if r.try_get::<_, Option<String>>(11)?.is_some() => {
+                        // A derived token: the whole chain in one statement
+                        // (its own snapshot).
+                        let stmt = client.prepare_cached(&CHARGE_CONTEXT_SQL).await?;
+                        let hash: &[u8] = &hash.0;
+                        let chain = client.query(&stmt, &[&hash]).await?;
+                        context_from_newest_spends(&chain, *now)?
+                    }
+                    Some(r) => context_from_newest_spends(std::slice::from_ref(&r), *now)?,
+                };
+                found.push(read);
+            }
+            Ok(found)
+        })
+    })
+}
 
 /// What the one-statement charge context read found.
 enum ContextRead {
@@ -2423,51 +2579,7 @@ impl Store for PgStore {
     }
 
     async fn resolve_secret(&self, hash: SecretHash) -> StoreResult<Option<Principal>> {
-        self.read(Mode::Autocommit, hash, |tx, hash| {
-            Box::pin(async move {
-                let found = tx
-                    .query_opt(
-                        "SELECT s.hash, s.role, s.object_id, c.customer_id, c.active FROM api_secrets s
-                         LEFT JOIN credentials c ON s.role = 'orchestrator' AND c.id = s.object_id
-                         WHERE s.hash = $1",
-                        &[&&hash.0[..]],
-                    )
-                    .await?;
-                let Some(r) = found else {
-                    return Ok(None);
-                };
-                let stored: Vec<u8> = r.try_get(0)?;
-                let role: String = r.try_get(1)?;
-                let object_id: String = r.try_get(2)?;
-                // The index found it; compare again in constant time so the
-                // decision never depends on a variable-time comparison.
-                let stored = <[u8; 32]>::try_from(stored.as_slice()).map(SecretHash).ok();
-                if !stored.is_some_and(|s| s.ct_eq(hash)) {
-                    return Ok(None);
-                }
-                Ok(match role.as_str() {
-                    "orchestrator" => {
-                        let customer_id: Option<String> = r.try_get(3)?;
-                        let active: Option<bool> = r.try_get(4)?;
-                        match (customer_id, active) {
-                            (Some(customer_id), Some(true)) => Some(Principal::Orchestrator {
-                                credential_id: object_id,
-                                customer_id,
-                            }),
-                            _ => None,
-                        }
-                    }
-                    "provider" => Some(Principal::Provider {
-                        provider_id: object_id,
-                    }),
-                    "token" => Some(Principal::Token {
-                        token_id: object_id,
-                    }),
-                    _ => None,
-                })
-            })
-        })
-        .await
+        self.secrets.get(hash).await
     }
 
     async fn idempotent_response(
@@ -3132,29 +3244,11 @@ impl Store for PgStore {
         token: SecretHash,
         now: UnixSecs,
     ) -> StoreResult<Option<ChargeContext>> {
-        // One statement (one snapshot): the token's chain, each link with
-        // its newest spend row — the token alone, or, when it has a parent,
-        // the whole chain again. The newest row is the window's unless the
-        // clock was set back past it; then the chain is read again with the
-        // spend of the exact window.
-        let fast = self
-            .read(Mode::Autocommit, (token, now), |tx, (token, now)| {
-                Box::pin(async move {
-                    let hash: &[u8] = &token.0;
-                    let mut found = tx.query(&LEAF_CONTEXT_SQL, &[&hash]).await?;
-                    let derived = match found.first() {
-                        Some(r) => r.try_get::<_, Option<String>>(11)?.is_some(),
-                        None => false,
-                    };
-                    if derived {
-                        // The whole chain in one statement (its own snapshot).
-                        found = tx.query(&CHARGE_CONTEXT_SQL, &[&hash]).await?;
-                    }
-                    context_from_newest_spends(&found, *now)
-                })
-            })
-            .await?;
-        match fast {
+        // One statement (one snapshot), shared with the charges beside it:
+        // the token's chain, each link with its newest spend row. The newest
+        // row is the window's unless the clock was set back past it; then
+        // the chain is read again with the spend of the exact window.
+        match self.contexts.get((token, now)).await? {
             ContextRead::Done(ctx) => Ok(ctx),
             ContextRead::Exact => self.charge_context_exact(token, now).await,
         }

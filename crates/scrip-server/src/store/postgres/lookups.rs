@@ -1,0 +1,168 @@
+//! Lookups on PostgreSQL, several to a statement.
+//!
+//! Every request authenticates its secret, and every charge reads its
+//! token's context before the card network is asked; alone, each is a
+//! statement and a round trip of its own, which on a busy node costs the
+//! database more than the charge's share of its batch. So lookups of one
+//! kind queue for [`Lookups`], which answers whatever queued while the
+//! previous statements ran with one statement over all their keys
+//! (`unnest($1) WITH ORDINALITY`), a few statements at once
+//! (`limits::PG_LOOKUPS_IN_FLIGHT`, each on its own connection). An idle
+//! node runs a lone lookup at once.
+//!
+//! A lookup is never older than its request: a statement takes only the
+//! lookups queued before it is sent, so it reads the database as of a
+//! moment after each of them arrived: a secret revoked before a request
+//! arrived is never found for it, on this node or any other.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use deadpool_postgres::{Object, Pool};
+use scrip_core::limits;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use super::super::{StoreError, StoreResult};
+use super::{pooled, PgResult};
+
+/// Reads the values of `keys`, one for each, in their order, on a
+/// connection of the pool.
+pub(super) type ReadMany<K, V> = Arc<
+    dyn Fn(Object, Vec<K>) -> Pin<Box<dyn Future<Output = PgResult<Vec<V>>> + Send>> + Send + Sync,
+>;
+
+/// The queue in front of one kind of lookup.
+pub(super) struct Lookups<K, V> {
+    queue: mpsc::Sender<Ask<K, V>>,
+    /// What the lookup is, for errors.
+    what: &'static str,
+    pool: Pool,
+    target: String,
+    read: ReadMany<K, V>,
+}
+
+/// One key waiting for its statement.
+struct Ask<K, V> {
+    key: K,
+    reply: oneshot::Sender<StoreResult<V>>,
+}
+
+impl<K: Send + 'static, V: Send + 'static> Lookups<K, V> {
+    /// Starts the lookup runner; it stops once the queue is dropped and
+    /// drained.
+    pub(super) fn start(
+        what: &'static str,
+        pool: Pool,
+        target: String,
+        read: ReadMany<K, V>,
+    ) -> Lookups<K, V> {
+        let (queue, asks) = mpsc::channel(limits::WRITER_QUEUE_MAX);
+        tokio::spawn(run(asks, pool.clone(), target.clone(), read.clone()));
+        Lookups {
+            queue,
+            what,
+            pool,
+            target,
+            read,
+        }
+    }
+
+    /// The values of `keys`, read with one statement, past the queue: what
+    /// concurrent lookups get when they queue together.
+    pub(super) async fn together(&self, keys: Vec<K>) -> Vec<StoreResult<V>> {
+        let (batch, answers): (Vec<_>, Vec<_>) = keys
+            .into_iter()
+            .map(|key| {
+                let (reply, answer) = oneshot::channel();
+                (Ask { key, reply }, answer)
+            })
+            .unzip();
+        answer(&self.pool, &self.target, &self.read, batch).await;
+        let mut values = Vec::with_capacity(answers.len());
+        for answer in answers {
+            values.push(answer.await.unwrap_or_else(|_| Err(self.unanswered())));
+        }
+        values
+    }
+
+    /// The value of `key`, read with the lookups queued beside it.
+    pub(super) async fn get(&self, key: K) -> StoreResult<V> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .try_send(Ask { key, reply })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => StoreError::Overloaded,
+                mpsc::error::TrySendError::Closed(_) => {
+                    StoreError::Database(format!("the {} lookups have stopped", self.what))
+                }
+            })?;
+        answer.await.unwrap_or_else(|_| Err(self.unanswered()))
+    }
+
+    fn unanswered(&self) -> StoreError {
+        StoreError::Database(format!("a {} lookup went unanswered", self.what))
+    }
+}
+
+/// Takes what has queued (up to [`limits::PG_LOOKUP_BATCH_MAX`]) whenever a
+/// slot is free, and reads it with one statement.
+async fn run<K: Send + 'static, V: Send + 'static>(
+    mut asks: mpsc::Receiver<Ask<K, V>>,
+    pool: Pool,
+    target: String,
+    read: ReadMany<K, V>,
+) {
+    let slots = Arc::new(Semaphore::new(limits::PG_LOOKUPS_IN_FLIGHT));
+    while let Some(first) = asks.recv().await {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let mut batch = vec![first];
+        while batch.len() < limits::PG_LOOKUP_BATCH_MAX {
+            match asks.try_recv() {
+                Ok(ask) => batch.push(ask),
+                Err(_) => break,
+            }
+        }
+        let (pool, target, read) = (pool.clone(), target.clone(), read.clone());
+        tokio::spawn(async move {
+            answer(&pool, &target, &read, batch).await;
+            drop(slot);
+        });
+    }
+}
+
+/// Reads the keys of `batch` with one statement and answers each.
+async fn answer<K, V>(pool: &Pool, target: &str, read: &ReadMany<K, V>, batch: Vec<Ask<K, V>>) {
+    let (keys, replies): (Vec<K>, Vec<_>) = batch.into_iter().map(|a| (a.key, a.reply)).unzip();
+    let asked = keys.len();
+    let found = async {
+        let client = pooled(pool, target).await?;
+        read(client, keys).await
+    }
+    .await
+    .map_err(super::Fail::into_store)
+    .and_then(|values| {
+        if values.len() == asked {
+            Ok(values)
+        } else {
+            Err(StoreError::Database(format!(
+                "a lookup of {asked} keys answered {}",
+                values.len()
+            )))
+        }
+    });
+    match found {
+        Ok(values) => {
+            for (reply, value) in replies.into_iter().zip(values) {
+                let _ = reply.send(Ok(value));
+            }
+        }
+        Err(e) => {
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+    }
+}
