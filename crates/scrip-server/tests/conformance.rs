@@ -1591,24 +1591,65 @@ mod cases {
                 .unwrap(),
             1
         );
+        // The resend arms it at the real time it ran: claim after that.
+        let later = scrip_server::clock::system_now() + 1;
         let full: HashMap<String, usize> = [(
             endpoint.id.clone(),
             limits::WEBHOOK_IN_FLIGHT_PER_ENDPOINT_MAX,
         )]
         .into();
         assert!(s
-            .claim_deliveries(real_now + 1, 10, full)
+            .claim_deliveries(later, 10, full)
             .await
             .unwrap()
             .is_empty());
+        let out = s.claim_deliveries(later, 10, HashMap::new()).await.unwrap();
+        assert_eq!(out.len(), 1);
+        // A resend while that attempt is out is not undone when the
+        // attempt's outcome is recorded: the delivery goes out once more.
         assert_eq!(
-            s.claim_deliveries(real_now + 1, 10, HashMap::new())
+            s.resend_event(&e.id, EventFilter::default(), Some(owner.clone()), None)
                 .await
-                .unwrap()
-                .len(),
+                .unwrap(),
             1
         );
+        let delivered = |at: i64| AttemptOutcome {
+            succeeded: true,
+            attempt: DeliveryAttempt {
+                attempted_at: at,
+                status_code: Some(200),
+                latency_ms: 3,
+                error: None,
+            },
+            retry_at: None,
+        };
+        s.record_delivery_attempt(&out[0].delivery_id, delivered(later), later)
+            .await
+            .unwrap();
+        let later = scrip_server::clock::system_now() + 1;
+        let rearmed = s.claim_deliveries(later, 10, HashMap::new()).await.unwrap();
+        assert_eq!(
+            rearmed.len(),
+            1,
+            "the resend outlives the attempt that was out"
+        );
+        assert_eq!(rearmed[0].attempt_count, 3);
+        s.record_delivery_attempt(&rearmed[0].delivery_id, delivered(later), later)
+            .await
+            .unwrap();
+        assert!(s
+            .claim_deliveries(later, 10, HashMap::new())
+            .await
+            .unwrap()
+            .is_empty());
         let deliveries = s.deliveries(&endpoint.id, None, page(10)).await.unwrap();
+        assert_eq!(
+            (
+                deliveries.data[0].status.as_str(),
+                deliveries.data[0].attempt_count
+            ),
+            ("succeeded", 4)
+        );
         assert_eq!(deliveries.data.len(), 1, "re-armed, not added");
         // Update, list, delete: a deleted endpoint gets nothing more.
         let updated = s

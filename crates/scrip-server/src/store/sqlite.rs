@@ -3278,7 +3278,7 @@ mod tests {
         let other = Connection::open(&path).unwrap();
         other.execute_batch("BEGIN IMMEDIATE").unwrap();
         let holder = std::thread::spawn(move || {
-            std::thread::sleep(std::time::Duration::from_secs(7));
+            std::thread::sleep(std::time::Duration::from_secs(8));
             other.execute_batch("ROLLBACK").unwrap();
         });
         let refused = store

@@ -119,14 +119,14 @@ async fn signed_deliveries_reach_the_receiver() {
 async fn failed_deliveries_are_retried_after_500s_and_timeouts() {
     let dir = tempfile::tempdir().unwrap();
     let app = TestApp::spawn_with(dir, |c| {
-        c.webhook_timeout = std::time::Duration::from_millis(700)
+        c.webhook_timeout = std::time::Duration::from_secs(2)
     })
     .await;
     let (customer, _, orch) = app.orchestrator().await;
     let _ = customer;
     let rx = Receiver::start(vec![
         Reply::Status(500),
-        Reply::Slow(std::time::Duration::from_secs(2), 200),
+        Reply::Slow(std::time::Duration::from_secs(5), 200),
     ])
     .await;
     let (endpoint_id, secret) = endpoint(&app, &orch, &rx.url, json!(["*"])).await;
@@ -168,10 +168,11 @@ async fn failed_deliveries_are_retried_after_500s_and_timeouts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pending_deliveries_resume_after_a_restart() {
-    // A port with nothing listening yet.
-    let placeholder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // A port with nothing listening yet: bound (so that nothing else takes
+    // it meanwhile) but not listening, so connections to it are refused.
+    let placeholder = tokio::net::TcpSocket::new_v4().unwrap();
+    placeholder.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let port = placeholder.local_addr().unwrap().port();
-    drop(placeholder);
     let url = format!("http://127.0.0.1:{port}/hook");
     let w = World::new().await;
     let (endpoint_id, secret) = endpoint(
@@ -201,12 +202,7 @@ async fn pending_deliveries_resume_after_a_restart() {
     let provider_secret = w.provider_secret.clone();
     let dir = w.app.stop().await;
     // The receiver comes up; then Scrip restarts on the same data.
-    let rx = Receiver::on(
-        tokio::net::TcpListener::bind(("127.0.0.1", port))
-            .await
-            .unwrap(),
-        vec![],
-    );
+    let rx = Receiver::on(placeholder.listen(1024).unwrap(), vec![]);
     let app = TestApp::spawn_in(dir).await;
     let got = rx.wait_for(1).await;
     assert_eq!(verified(&got[0], &secret)["type"], "charge.succeeded");

@@ -131,7 +131,7 @@ async fn rate_limits_refuse_before_any_effect() {
     let (_, provider_secret) = app.provider("P").await;
     let mut created = 0;
     let mut limited = None;
-    for _ in 0..10 {
+    for _ in 0..100 {
         let r = app.post("/v1/customers", ADMIN, json!({})).await;
         match r.status {
             200 => created += 1,

@@ -406,8 +406,14 @@ pub(super) async fn record_attempt(
         "failed"
     };
     tx.execute(
-        "UPDATE deliveries SET status = $2, attempt_count = attempt_count + 1, next_attempt_at = $3,
-           locked_until = NULL, first_attempt_at = COALESCE(first_attempt_at, $4)
+        // A delivery whose lease is gone was re-armed (resent) while this
+        // attempt was out: it stays armed, and only the attempt is counted.
+        "UPDATE deliveries SET attempt_count = attempt_count + 1,
+           status = CASE WHEN locked_until IS NULL THEN status ELSE $2 END,
+           next_attempt_at = CASE WHEN locked_until IS NULL THEN next_attempt_at ELSE $3 END,
+           first_attempt_at = CASE WHEN locked_until IS NULL THEN first_attempt_at
+                                   ELSE COALESCE(first_attempt_at, $4) END,
+           locked_until = NULL
          WHERE id = $1",
         &[&delivery_id, &status, &outcome.retry_at, &real_now],
     )
