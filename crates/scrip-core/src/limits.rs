@@ -49,10 +49,11 @@ pub const PG_CHARGE_BATCH_MAX: usize = 64;
 /// (spread on a 2-core machine, BENCHMARKS.md: 1 slot 1.5k–2.1k charges/s,
 /// 2 slots 1.5k–2.5k, 4 slots 1.4k–1.5k, 8 slots 1.1k–1.5k).
 pub const PG_CHARGE_BATCHES_IN_FLIGHT: usize = 2;
-/// PostgreSQL: lookups (secrets, charge contexts) one statement answers at
-/// most, and such statements of one kind running at once on one node.
-pub const PG_LOOKUP_BATCH_MAX: usize = 64;
-pub const PG_LOOKUPS_IN_FLIGHT: usize = 2;
+/// PostgreSQL: small operations of one kind (secret and charge-context
+/// lookups, refusal records) run together at most, and such runs of one
+/// kind at once on one node.
+pub const PG_COALESCED_MAX: usize = 64;
+pub const PG_COALESCED_IN_FLIGHT: usize = 2;
 /// Page cache of each embedded-database connection, in KiB.
 pub const SQLITE_CACHE_KIB: i64 = 8 * 1024;
 /// The embedded database's WAL is checkpointed by a thread of its own this

@@ -36,8 +36,8 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row, Statement};
 
 mod charges;
+mod coalesce;
 mod ledger;
-mod lookups;
 mod outbox;
 
 use super::common::{
@@ -926,9 +926,11 @@ pub struct PgStore {
     /// Charges, several to a transaction.
     charges: charges::Batcher,
     /// Secrets resolved, several to a statement.
-    secrets: lookups::Lookups<SecretHash, Option<Principal>>,
+    secrets: coalesce::Coalescer<SecretHash, Option<Principal>>,
     /// Charge contexts read, several to a statement.
-    contexts: lookups::Lookups<(SecretHash, UnixSecs), ContextRead>,
+    contexts: coalesce::Coalescer<(SecretHash, UnixSecs), ContextRead>,
+    /// Refused charges recorded, several to a transaction.
+    refusals: coalesce::Coalescer<RefusalRecord, ()>,
     /// The audit chaining task runs while this lives.
     _chaining: std::sync::Arc<()>,
 }
@@ -1016,17 +1018,23 @@ impl PgStore {
                 ledger,
                 counters.clone(),
             ),
-            secrets: lookups::Lookups::start(
-                "secret",
+            secrets: coalesce::Coalescer::start(
+                "secret lookup",
                 pool.clone(),
                 target.clone(),
                 read_secrets(),
             ),
-            contexts: lookups::Lookups::start(
-                "charge context",
+            contexts: coalesce::Coalescer::start(
+                "charge context lookup",
                 pool.clone(),
                 target.clone(),
                 read_contexts(),
+            ),
+            refusals: coalesce::Coalescer::start(
+                "refusal record",
+                pool.clone(),
+                target.clone(),
+                write_refusals(ledger, counters.clone()),
             ),
             target,
             counters,
@@ -1920,7 +1928,7 @@ const SECRETS_SQL: &str = "SELECT s.hash, s.role, s.object_id, c.customer_id, c.
                         WHERE s.role = 'orchestrator' AND id = s.object_id LIMIT 1) c ON true";
 
 /// Resolves secret hashes with one statement ([`SECRETS_SQL`]).
-fn read_secrets() -> lookups::ReadMany<SecretHash, Option<Principal>> {
+fn read_secrets() -> coalesce::RunMany<SecretHash, Option<Principal>> {
     std::sync::Arc::new(|client, hashes: Vec<SecretHash>| {
         Box::pin(async move {
             let keys: Vec<&[u8]> = hashes.iter().map(|h| &h.0[..]).collect();
@@ -1982,7 +1990,7 @@ fn principal_of(r: &Row, hash: &SecretHash) -> PgResult<Option<Principal>> {
 /// Reads charge contexts: for each token secret hash, [`LEAF_CONTEXT_SQL`]
 /// over all of them in one statement, then [`CHARGE_CONTEXT_SQL`] for each
 /// token that has a parent.
-fn read_contexts() -> lookups::ReadMany<(SecretHash, UnixSecs), ContextRead> {
+fn read_contexts() -> coalesce::RunMany<(SecretHash, UnixSecs), ContextRead> {
     std::sync::Arc::new(|client, keys: Vec<(SecretHash, UnixSecs)>| {
         Box::pin(async move {
             let hashes: Vec<&[u8]> = keys.iter().map(|(h, _)| &h.0[..]).collect();
@@ -2010,6 +2018,50 @@ fn read_contexts() -> lookups::ReadMany<(SecretHash, UnixSecs), ContextRead> {
                 found.push(read);
             }
             Ok(found)
+        })
+    })
+}
+
+/// A refused charge to record in the audit log: what was refused, when,
+/// and who asked in which request.
+struct RefusalRecord {
+    attempt: ChargeAttempt,
+    now: UnixSecs,
+    identity: (String, Option<String>),
+}
+
+/// Records refused charges in the audit log, one transaction for all of
+/// them; each is answered once it has committed.
+fn write_refusals(
+    ledger: LedgerConfig,
+    counters: std::sync::Arc<Counters>,
+) -> coalesce::RunMany<RefusalRecord, ()> {
+    std::sync::Arc::new(move |client, refused: Vec<RefusalRecord>| {
+        let counters = counters.clone();
+        Box::pin(async move {
+            let identity = refused
+                .first()
+                .map(|r| r.identity.clone())
+                .unwrap_or_else(crate::context::audit_identity);
+            let tx = Tx::new(client, Mode::Write, identity, ledger);
+            tx.batch("BEGIN").await?;
+            for r in &refused {
+                let object = r.attempt.token_id.as_deref().unwrap_or("unknown_token");
+                tx.audit_as(
+                    &r.identity,
+                    "charge.refused",
+                    object,
+                    "refused",
+                    Some(&r.attempt.code),
+                    r.now,
+                );
+            }
+            tx.commit(Vec::new()).await?;
+            counters.groups.fetch_add(1, Ordering::Relaxed);
+            counters
+                .operations
+                .fetch_add(refused.len() as u64, Ordering::Relaxed);
+            Ok(vec![(); refused.len()])
         })
     })
 }
@@ -3280,20 +3332,13 @@ impl Store for PgStore {
     }
 
     async fn record_refusal(&self, attempt: ChargeAttempt, now: UnixSecs) -> StoreResult<()> {
-        self.write((attempt, now), None, |tx, (attempt, now)| {
-            Box::pin(async move {
-                let object = attempt.token_id.as_deref().unwrap_or("unknown_token");
-                tx.audit(
-                    "charge.refused",
-                    object,
-                    "refused",
-                    Some(&attempt.code),
-                    *now,
-                );
-                Ok(())
+        self.refusals
+            .get(RefusalRecord {
+                attempt,
+                now,
+                identity: crate::context::audit_identity(),
             })
-        })
-        .await
+            .await
     }
 
     async fn record_decline(

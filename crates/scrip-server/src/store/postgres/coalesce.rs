@@ -1,19 +1,21 @@
-//! Lookups on PostgreSQL, several to a statement.
+//! Small operations on PostgreSQL, several to a statement.
 //!
-//! Every request authenticates its secret, and every charge reads its
-//! token's context before the card network is asked; alone, each is a
-//! statement and a round trip of its own, which on a busy node costs the
-//! database more than the charge's share of its batch. So lookups of one
-//! kind queue for [`Lookups`], which answers whatever queued while the
-//! previous statements ran with one statement over all their keys
-//! (`unnest($1) WITH ORDINALITY`), a few statements at once
-//! (`limits::PG_LOOKUPS_IN_FLIGHT`, each on its own connection). An idle
-//! node runs a lone lookup at once.
+//! Every request authenticates its secret, every charge reads its token's
+//! context before the card network is asked, and every refused charge is
+//! recorded in the audit log before it is answered; alone, each is a
+//! statement (or a transaction) and a round trip of its own, which on a busy
+//! node costs the database more than a charge's share of its batch. So
+//! operations of one kind queue for a [`Coalescer`], which runs whatever
+//! queued while the previous runs were out as one run over all their keys
+//! (a lookup: one statement, `unnest($1) WITH ORDINALITY`; the refusals:
+//! one transaction), a few runs at once (`limits::PG_COALESCED_IN_FLIGHT`,
+//! each on its own connection). An idle node runs a lone operation at once.
 //!
-//! A lookup is never older than its request: a statement takes only the
-//! lookups queued before it is sent, so it reads the database as of a
+//! A lookup is never older than its request: a run takes only the
+//! operations queued before it is sent, so it reads the database as of a
 //! moment after each of them arrived: a secret revoked before a request
-//! arrived is never found for it, on this node or any other.
+//! arrived is never found for it, on this node or any other. A write is
+//! answered only once its run has committed.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -26,40 +28,39 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use super::super::{StoreError, StoreResult};
 use super::{pooled, PgResult};
 
-/// Reads the values of `keys`, one for each, in their order, on a
-/// connection of the pool.
-pub(super) type ReadMany<K, V> = Arc<
+/// Runs the operations of `keys` on a connection of the pool: their
+/// values, one for each, in their order.
+pub(super) type RunMany<K, V> = Arc<
     dyn Fn(Object, Vec<K>) -> Pin<Box<dyn Future<Output = PgResult<Vec<V>>> + Send>> + Send + Sync,
 >;
 
-/// The queue in front of one kind of lookup.
-pub(super) struct Lookups<K, V> {
+/// The queue in front of one kind of operation.
+pub(super) struct Coalescer<K, V> {
     queue: mpsc::Sender<Ask<K, V>>,
-    /// What the lookup is, for errors.
+    /// What the operation is, for errors.
     what: &'static str,
     pool: Pool,
     target: String,
-    read: ReadMany<K, V>,
+    read: RunMany<K, V>,
 }
 
-/// One key waiting for its statement.
+/// One key waiting for its run.
 struct Ask<K, V> {
     key: K,
     reply: oneshot::Sender<StoreResult<V>>,
 }
 
-impl<K: Send + 'static, V: Send + 'static> Lookups<K, V> {
-    /// Starts the lookup runner; it stops once the queue is dropped and
-    /// drained.
+impl<K: Send + 'static, V: Send + 'static> Coalescer<K, V> {
+    /// Starts the runner; it stops once the queue is dropped and drained.
     pub(super) fn start(
         what: &'static str,
         pool: Pool,
         target: String,
-        read: ReadMany<K, V>,
-    ) -> Lookups<K, V> {
+        read: RunMany<K, V>,
+    ) -> Coalescer<K, V> {
         let (queue, asks) = mpsc::channel(limits::WRITER_QUEUE_MAX);
         tokio::spawn(run(asks, pool.clone(), target.clone(), read.clone()));
-        Lookups {
+        Coalescer {
             queue,
             what,
             pool,
@@ -68,8 +69,8 @@ impl<K: Send + 'static, V: Send + 'static> Lookups<K, V> {
         }
     }
 
-    /// The values of `keys`, read with one statement, past the queue: what
-    /// concurrent lookups get when they queue together.
+    /// The values of `keys`, run together, past the queue: what concurrent
+    /// operations get when they queue together.
     pub(super) async fn together(&self, keys: Vec<K>) -> Vec<StoreResult<V>> {
         let (batch, answers): (Vec<_>, Vec<_>) = keys
             .into_iter()
@@ -86,7 +87,7 @@ impl<K: Send + 'static, V: Send + 'static> Lookups<K, V> {
         values
     }
 
-    /// The value of `key`, read with the lookups queued beside it.
+    /// The value of `key`, run with the operations queued beside it.
     pub(super) async fn get(&self, key: K) -> StoreResult<V> {
         let (reply, answer) = oneshot::channel();
         self.queue
@@ -94,32 +95,32 @@ impl<K: Send + 'static, V: Send + 'static> Lookups<K, V> {
             .map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => StoreError::Overloaded,
                 mpsc::error::TrySendError::Closed(_) => {
-                    StoreError::Database(format!("the {} lookups have stopped", self.what))
+                    StoreError::Database(format!("the {} runs have stopped", self.what))
                 }
             })?;
         answer.await.unwrap_or_else(|_| Err(self.unanswered()))
     }
 
     fn unanswered(&self) -> StoreError {
-        StoreError::Database(format!("a {} lookup went unanswered", self.what))
+        StoreError::Database(format!("a {} went unanswered", self.what))
     }
 }
 
-/// Takes what has queued (up to [`limits::PG_LOOKUP_BATCH_MAX`]) whenever a
-/// slot is free, and reads it with one statement.
+/// Takes what has queued (up to [`limits::PG_COALESCED_MAX`]) whenever a
+/// slot is free, and runs it together.
 async fn run<K: Send + 'static, V: Send + 'static>(
     mut asks: mpsc::Receiver<Ask<K, V>>,
     pool: Pool,
     target: String,
-    read: ReadMany<K, V>,
+    read: RunMany<K, V>,
 ) {
-    let slots = Arc::new(Semaphore::new(limits::PG_LOOKUPS_IN_FLIGHT));
+    let slots = Arc::new(Semaphore::new(limits::PG_COALESCED_IN_FLIGHT));
     while let Some(first) = asks.recv().await {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             break;
         };
         let mut batch = vec![first];
-        while batch.len() < limits::PG_LOOKUP_BATCH_MAX {
+        while batch.len() < limits::PG_COALESCED_MAX {
             match asks.try_recv() {
                 Ok(ask) => batch.push(ask),
                 Err(_) => break,
@@ -133,8 +134,8 @@ async fn run<K: Send + 'static, V: Send + 'static>(
     }
 }
 
-/// Reads the keys of `batch` with one statement and answers each.
-async fn answer<K, V>(pool: &Pool, target: &str, read: &ReadMany<K, V>, batch: Vec<Ask<K, V>>) {
+/// Runs the keys of `batch` together and answers each.
+async fn answer<K, V>(pool: &Pool, target: &str, read: &RunMany<K, V>, batch: Vec<Ask<K, V>>) {
     let (keys, replies): (Vec<K>, Vec<_>) = batch.into_iter().map(|a| (a.key, a.reply)).unzip();
     let asked = keys.len();
     let found = async {
@@ -148,7 +149,7 @@ async fn answer<K, V>(pool: &Pool, target: &str, read: &ReadMany<K, V>, batch: V
             Ok(values)
         } else {
             Err(StoreError::Database(format!(
-                "a lookup of {asked} keys answered {}",
+                "a run of {asked} keys answered {}",
                 values.len()
             )))
         }
