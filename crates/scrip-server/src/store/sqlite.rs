@@ -1298,6 +1298,57 @@ fn details(conn: &Connection, row: TokenRow, now: UnixSecs) -> StoreResult<Token
     })
 }
 
+/// The columns of one link of a token chain (the token `t`, its credential
+/// `c`, its card `pm`, its newest spend row `s`), read by [`link_row`]; what
+/// follows them in a statement starts at [`LINK_COLS_LEN`].
+const LINK_COLS: &str = "t.provider_id, t.currency, t.cap_amount, t.cap_period, t.usage,
+     t.max_per_charge, t.expires_at, t.parent_id, t.status, t.created, c.active, pm.active,
+     s.period_start, s.captured, s.pending";
+const LINK_COLS_LEN: usize = 15;
+/// The joins [`LINK_COLS`] reads through, after `tokens t`.
+const LINK_JOINS: &str = "JOIN credentials c ON c.id = t.credential_id
+     JOIN payment_methods pm ON pm.id = t.payment_method_id
+     LEFT JOIN token_spend s ON s.token_id = t.id AND s.period_start =
+         (SELECT max(period_start) FROM token_spend WHERE token_id = t.id)";
+
+/// A link as [`LINK_COLS`] has it: the link (spend not yet settled), its
+/// parent, and its newest spend row.
+type LinkRow = (Link, Option<String>, Option<(UnixSecs, Spend)>);
+
+fn link_row(r: &Row<'_>) -> rusqlite::Result<LinkRow> {
+    let newest: Option<(UnixSecs, Spend)> = match r.get::<_, Option<i64>>(12)? {
+        Some(start) => Some((
+            start,
+            Spend {
+                captured: r.get(13)?,
+                pending: r.get(14)?,
+            },
+        )),
+        None => None,
+    };
+    let scope = Scope {
+        provider_id: r.get(0)?,
+        currency: currency_col(r, 1)?,
+        cap: cap_col(r, 2)?,
+        period: period_col(r, 3)?,
+        usage: usage_col(r, 4)?,
+        max_per_charge: r.get(5)?,
+        expires_at: r.get(6)?,
+        created: r.get(9)?,
+    };
+    let standing = Standing {
+        stored: token_status_col(r, 8)?,
+        credential_active: r.get(10)?,
+        payment_method_active: r.get(11)?,
+    };
+    let link = Link {
+        scope,
+        standing,
+        spend: Spend::default(),
+    };
+    Ok((link, r.get::<_, Option<String>>(7)?, newest))
+}
+
 /// The token and its ancestors, each with its spend in the window of `now`.
 ///
 /// On the charge path twice (the pre-check and the writer's decision), so
@@ -1307,19 +1358,21 @@ fn details(conn: &Connection, row: TokenRow, now: UnixSecs) -> StoreResult<Token
 /// this window; a newer one, after the test clock was set back, is looked
 /// up exactly).
 fn load_chain(conn: &Connection, token_id: &str, now: UnixSecs) -> StoreResult<Vec<Link>> {
-    let mut chain = Vec::new();
-    let mut next = Some(token_id.to_owned());
-    let mut stmt = conn.prepare_cached(
-        "SELECT t.provider_id, t.currency, t.cap_amount, t.cap_period, t.usage, t.max_per_charge,
-                t.expires_at, t.parent_id, t.status, t.created, c.active, pm.active,
-                s.period_start, s.captured, s.pending
-         FROM tokens t
-         JOIN credentials c ON c.id = t.credential_id
-         JOIN payment_methods pm ON pm.id = t.payment_method_id
-         LEFT JOIN token_spend s ON s.token_id = t.id AND s.period_start =
-             (SELECT max(period_start) FROM token_spend WHERE token_id = t.id)
-         WHERE t.id = ?1",
-    )?;
+    chain_from(conn, token_id, Vec::new(), Some(token_id.to_owned()), now)
+}
+
+/// [`load_chain`] past the links already read: `chain` so far, then `next`
+/// and its ancestors.
+fn chain_from(
+    conn: &Connection,
+    token_id: &str,
+    mut chain: Vec<Link>,
+    mut next: Option<String>,
+    now: UnixSecs,
+) -> StoreResult<Vec<Link>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {LINK_COLS} FROM tokens t {LINK_JOINS} WHERE t.id = ?1"
+    ))?;
     while let Some(id) = next.take() {
         // Bounded: a chain can never be longer than the tokens there are,
         // and derivation depth is limited when tokens are derived.
@@ -1328,56 +1381,31 @@ fn load_chain(conn: &Connection, token_id: &str, now: UnixSecs) -> StoreResult<V
                 "token {token_id} has a parent cycle"
             )));
         }
-        let Some((link, parent, newest)) = stmt
-            .query_row([&id], |r| {
-                let newest: Option<(UnixSecs, Spend)> = match r.get::<_, Option<i64>>(12)? {
-                    Some(start) => Some((
-                        start,
-                        Spend {
-                            captured: r.get(13)?,
-                            pending: r.get(14)?,
-                        },
-                    )),
-                    None => None,
-                };
-                let scope = Scope {
-                    provider_id: r.get(0)?,
-                    currency: currency_col(r, 1)?,
-                    cap: cap_col(r, 2)?,
-                    period: period_col(r, 3)?,
-                    usage: usage_col(r, 4)?,
-                    max_per_charge: r.get(5)?,
-                    expires_at: r.get(6)?,
-                    created: r.get(9)?,
-                };
-                let standing = Standing {
-                    stored: token_status_col(r, 8)?,
-                    credential_active: r.get(10)?,
-                    payment_method_active: r.get(11)?,
-                };
-                let link = Link {
-                    scope,
-                    standing,
-                    spend: Spend::default(),
-                };
-                Ok((link, r.get::<_, Option<String>>(7)?, newest))
-            })
-            .optional()?
-        else {
+        let Some(row) = stmt.query_row([&id], link_row).optional()? else {
             return Err(not_found("payment_token", &id));
         };
-        let mut link = link;
-        let window = link.scope.window(now);
-        link.spend = match newest {
-            Some((start, spend)) if start == window.start => spend,
-            Some((start, _)) if start < window.start => Spend::default(),
-            None => Spend::default(),
-            Some(_) => spend_at(conn, &id, window.start)?,
-        };
+        let (link, parent) = settled_link(conn, &id, row, now)?;
         next = parent;
         chain.push(link);
     }
     Ok(chain)
+}
+
+/// A link with its spend in the window of `now`, and its parent.
+fn settled_link(
+    conn: &Connection,
+    id: &str,
+    (mut link, parent, newest): LinkRow,
+    now: UnixSecs,
+) -> StoreResult<(Link, Option<String>)> {
+    let window = link.scope.window(now);
+    link.spend = match newest {
+        Some((start, spend)) if start == window.start => spend,
+        Some((start, _)) if start < window.start => Spend::default(),
+        None => Spend::default(),
+        Some(_) => spend_at(conn, id, window.start)?,
+    };
+    Ok((link, parent))
 }
 
 /// Adds to the spend of a charge's token and every ancestor, each in the
@@ -1405,16 +1433,17 @@ fn adjust_spend(
             .parse()
             .map_err(|_| StoreError::Database("bad cap_period".into()))?;
         let start = period.window(charged_at, created).start;
-        conn.prepare_cached(
-            "INSERT INTO token_spend (token_id, period_start, captured, pending) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (token_id, period_start) DO UPDATE SET
-               captured = captured + excluded.captured, pending = pending + excluded.pending",
-        )?
-        .execute(params![id, start, captured_delta, pending_delta])?;
         // Spend can never go below zero: that would be a broken invariant.
         let (captured, pending): (i64, i64) = conn
-            .prepare_cached("SELECT captured, pending FROM token_spend WHERE token_id = ?1 AND period_start = ?2")?
-            .query_row(params![id, start], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            .prepare_cached(
+                "INSERT INTO token_spend (token_id, period_start, captured, pending) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (token_id, period_start) DO UPDATE SET
+                   captured = captured + excluded.captured, pending = pending + excluded.pending
+                 RETURNING captured, pending",
+            )?
+            .query_row(params![id, start, captured_delta, pending_delta], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
         if captured < 0 || pending < 0 {
             return Err(StoreError::Database(format!(
                 "spend of token {id} would go negative; refusing the write"
@@ -2356,32 +2385,37 @@ impl Store for SqliteStore {
         now: UnixSecs,
     ) -> StoreResult<Option<ChargeContext>> {
         self.read_unsynced(move |conn| {
-            let token_id: Option<String> = conn
-                .prepare_cached(
-                    "SELECT object_id FROM api_secrets WHERE hash = ?1 AND role = 'token'",
-                )?
-                .query_row([&token.0[..]], |r| r.get(0))
+            // The token by its secret, with its first link and its card, in
+            // one statement; then its ancestors, if it has any.
+            let found = conn
+                .prepare_cached(&format!(
+                    "SELECT {LINK_COLS}, t.id, pm.id, pm.key_id, pm.nonce, pm.ciphertext
+                     FROM api_secrets a JOIN tokens t ON t.id = a.object_id {LINK_JOINS}
+                     WHERE a.hash = ?1 AND a.role = 'token'"
+                ))?
+                .query_row([&token.0[..]], |r| {
+                    let n = LINK_COLS_LEN;
+                    Ok((
+                        link_row(r)?,
+                        r.get::<_, String>(n)?,
+                        r.get::<_, String>(n + 1)?,
+                        Sealed {
+                            key_id: r.get(n + 2)?,
+                            nonce: r.get(n + 3)?,
+                            ciphertext: r.get(n + 4)?,
+                        },
+                    ))
+                })
                 .optional()?;
-            let Some(token_id) = token_id else {
+            let Some((row, token_id, payment_method_id, sealed_number)) = found else {
                 return Ok(None);
             };
-            let chain = load_chain(conn, &token_id, now)?;
-            let (payment_method_id, key_id, nonce, ciphertext): (String, String, Vec<u8>, Vec<u8>) =
-                conn.prepare_cached(
-                    "SELECT pm.id, pm.key_id, pm.nonce, pm.ciphertext FROM tokens t
-                     JOIN payment_methods pm ON pm.id = t.payment_method_id WHERE t.id = ?1",
-                )?
-                .query_row([&token_id], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-                })?;
+            let (first, parent) = settled_link(conn, &token_id, row, now)?;
+            let chain = chain_from(conn, &token_id, vec![first], parent, now)?;
             Ok(Some(ChargeContext {
                 token_id,
                 payment_method_id,
-                sealed_number: Sealed {
-                    key_id,
-                    nonce,
-                    ciphertext,
-                },
+                sealed_number,
                 chain,
             }))
         })
