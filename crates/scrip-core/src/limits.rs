@@ -44,16 +44,18 @@ pub const WRITER_QUEUE_MAX: usize = 16_384;
 /// PostgreSQL: charges one transaction decides at most.
 pub const PG_CHARGE_BATCH_MAX: usize = 64;
 /// PostgreSQL: charge batches running at once on one node, each on its own
-/// connection. Two keep one batch's round trips overlapping another's work;
-/// more make the batches smaller and the statements per charge more
-/// (spread on a 2-core machine, BENCHMARKS.md: 1 slot 1.5k–2.1k charges/s,
-/// 2 slots 1.5k–2.5k, 4 slots 1.4k–1.5k, 8 slots 1.1k–1.5k).
-pub const PG_CHARGE_BATCHES_IN_FLIGHT: usize = 2;
+/// connection. One makes the batches largest and the statements per charge
+/// fewest; the charges' lookups and refusals run beside it, and other
+/// nodes' batches beside this node's (spread on a 2-core machine,
+/// BENCHMARKS.md, with the lookups coalesced: 1 batch 4.2k–4.6k charges/s,
+/// 2 batches 3.6k–4.3k; before the lookups were: 2 batches best, 1.5k–2.5k).
+pub const PG_CHARGE_BATCHES_IN_FLIGHT: usize = 1;
 /// PostgreSQL: small operations of one kind (secret and charge-context
 /// lookups, refusal records) run together at most, and such runs of one
-/// kind at once on one node.
+/// kind at once on one node (spread: 1 run 4.1k–4.7k charges/s, 2 runs
+/// 4.0k–4.4k, 4 runs 3.6k–3.8k).
 pub const PG_COALESCED_MAX: usize = 64;
-pub const PG_COALESCED_IN_FLIGHT: usize = 2;
+pub const PG_COALESCED_IN_FLIGHT: usize = 1;
 /// Page cache of each embedded-database connection, in KiB.
 pub const SQLITE_CACHE_KIB: i64 = 8 * 1024;
 /// The embedded database's WAL is checkpointed by a thread of its own this

@@ -4,9 +4,9 @@
 //! on PostgreSQL much of its cost is per statement: alone, it takes a dozen.
 //! So a node's charges queue for a [`Batcher`], which runs them in batches:
 //! each batch is one transaction of a fixed number of statements, whatever
-//! its size, every statement covering all of the batch's charges. A few
-//! batches run at once (`limits::PG_CHARGE_BATCHES_IN_FLIGHT`, each on its
-//! own connection); while they run, the next charges queue, so a batch's
+//! its size, every statement covering all of the batch's charges. Batches
+//! run one at a time (`limits::PG_CHARGE_BATCHES_IN_FLIGHT`, each on its
+//! own connection); while one runs, the next charges queue, so a batch's
 //! size follows the load, and an idle node runs a lone charge at once.
 //!
 //! A batch locks what it decides on in one order, the one every writer of

@@ -6,10 +6,11 @@
 //! statement (or a transaction) and a round trip of its own, which on a busy
 //! node costs the database more than a charge's share of its batch. So
 //! operations of one kind queue for a [`Coalescer`], which runs whatever
-//! queued while the previous runs were out as one run over all their keys
+//! queued while the previous run was out as one run over all their keys
 //! (a lookup: one statement, `unnest($1) WITH ORDINALITY`; the refusals:
-//! one transaction), a few runs at once (`limits::PG_COALESCED_IN_FLIGHT`,
-//! each on its own connection). An idle node runs a lone operation at once.
+//! one transaction), one run of a kind at a time
+//! (`limits::PG_COALESCED_IN_FLIGHT`, on a connection of its own). An idle
+//! node runs a lone operation at once.
 //!
 //! A lookup is never older than its request: a run takes only the
 //! operations queued before it is sent, so it reads the database as of a
