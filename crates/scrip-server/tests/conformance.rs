@@ -112,6 +112,7 @@ cases![
     concurrent_claims_never_share_a_delivery,
     a_long_backlog_does_not_starve_other_endpoints,
     audit_chain_stays_linear_under_concurrency,
+    concurrent_refusals_keep_each_callers_identity,
 ];
 
 // --- fixtures ---------------------------------------------------------------------
@@ -1816,6 +1817,46 @@ mod cases {
             "the busy endpoint gets its share"
         );
         assert_eq!(per(&quiet.id), 1, "and the other one is not crowded out");
+    }
+
+    /// Refusals recorded at once (on PostgreSQL, several to a transaction)
+    /// each keep the caller and request they came from.
+    pub async fn concurrent_refusals_keep_each_callers_identity(s: Shared) {
+        let mut tasks = Vec::new();
+        for i in 0..40 {
+            let s = s.clone();
+            let ctx = scrip_server::context::RequestContext::new(format!("req_{i}"));
+            ctx.set_actor(&format!("prov_{i}"));
+            tasks.push(tokio::spawn(scrip_server::context::scope(
+                ctx,
+                async move {
+                    s.record_refusal(
+                        ChargeAttempt {
+                            token_id: Some(format!("pt_{i}")),
+                            provider_id: format!("prov_{i}"),
+                            code: "cap_exceeded".into(),
+                        },
+                        NOW + i,
+                    )
+                    .await
+                    .unwrap();
+                },
+            )));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_audit_valid(s.as_ref()).await;
+        let records = s.audit_events(page(100)).await.unwrap();
+        assert_eq!(records.data.len(), 40);
+        for r in &records.data {
+            let i = r.object_id.strip_prefix("pt_").unwrap();
+            assert_eq!(r.action, "charge.refused");
+            assert_eq!(r.actor, format!("prov_{i}"));
+            assert_eq!(r.request_id.as_deref(), Some(format!("req_{i}").as_str()));
+            assert_eq!(r.created, NOW + i.parse::<i64>().unwrap());
+            assert_eq!(r.code.as_deref(), Some("cap_exceeded"));
+        }
     }
 
     pub async fn audit_chain_stays_linear_under_concurrency(s: Shared) {
