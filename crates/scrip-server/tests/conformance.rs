@@ -53,32 +53,39 @@ async fn run(name: &str, case: fn(Shared) -> CaseFuture) {
     case(sqlite).await;
     let mut ran = vec!["sqlite"];
     if let Some(base) = postgres_url() {
-        let schema = format!("scrip_test_{}", hex::encode(rand::random::<[u8; 6]>()));
-        PgStore::create_schema(&base, &schema)
-            .await
-            .unwrap_or_else(|e| {
-                panic!("SCRIP_TEST_POSTGRES_URL is set but PostgreSQL is not usable: {e}")
-            });
-        let url = url_with_search_path(&base, &schema);
-        let outcome = tokio::spawn(async move {
-            let store: Shared = Arc::new(
-                PgStore::connect(&url, LedgerConfig::default())
-                    .await
-                    .unwrap(),
-            );
-            case(store).await;
-        })
-        .await;
-        PgStore::drop_schema(&base, &schema).await.unwrap();
-        if let Err(e) = outcome {
-            std::panic::resume_unwind(e.into_panic());
-        }
+        in_fresh_schema(&base, move |store| case(Arc::new(store))).await;
         ran.push("postgres");
     }
     report(&format!(
         "conformance {name}: passed on {}",
         ran.join(" and ")
     ));
+}
+
+/// Runs `case` on a store in a fresh PostgreSQL schema at `base` (on a task
+/// of its own), then drops the schema, whether the case passed or not.
+async fn in_fresh_schema<F>(base: &str, case: impl FnOnce(PgStore) -> F + Send + 'static)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let schema = format!("scrip_test_{}", hex::encode(rand::random::<[u8; 6]>()));
+    PgStore::create_schema(base, &schema)
+        .await
+        .unwrap_or_else(|e| {
+            panic!("SCRIP_TEST_POSTGRES_URL is set but PostgreSQL is not usable: {e}")
+        });
+    let url = url_with_search_path(base, &schema);
+    let outcome = tokio::spawn(async move {
+        let store = PgStore::connect(&url, LedgerConfig::default())
+            .await
+            .unwrap();
+        case(store).await;
+    })
+    .await;
+    PgStore::drop_schema(base, &schema).await.unwrap();
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
 }
 
 macro_rules! cases {
@@ -2006,20 +2013,7 @@ async fn postgres_batch_decides_each_charge_in_its_place() {
         report("postgres_batch_decides_each_charge_in_its_place: PostgreSQL not configured");
         return;
     };
-    let schema = format!("scrip_test_{}", hex::encode(rand::random::<[u8; 6]>()));
-    PgStore::create_schema(&base, &schema).await.unwrap();
-    let url = url_with_search_path(&base, &schema);
-    let outcome = tokio::spawn(async move {
-        let store = PgStore::connect(&url, LedgerConfig::default())
-            .await
-            .unwrap();
-        batch_case(&store).await;
-    })
-    .await;
-    PgStore::drop_schema(&base, &schema).await.unwrap();
-    if let Err(e) = outcome {
-        std::panic::resume_unwind(e.into_panic());
-    }
+    in_fresh_schema(&base, |store| async move { batch_case(&store).await }).await;
     report("postgres_batch_decides_each_charge_in_its_place: passed on postgres");
 }
 
@@ -2193,20 +2187,7 @@ async fn postgres_lookups_answer_each_key_in_its_place() {
         report("postgres_lookups_answer_each_key_in_its_place: PostgreSQL not configured");
         return;
     };
-    let schema = format!("scrip_test_{}", hex::encode(rand::random::<[u8; 6]>()));
-    PgStore::create_schema(&base, &schema).await.unwrap();
-    let url = url_with_search_path(&base, &schema);
-    let outcome = tokio::spawn(async move {
-        let store = PgStore::connect(&url, LedgerConfig::default())
-            .await
-            .unwrap();
-        lookups_case(&store).await;
-    })
-    .await;
-    PgStore::drop_schema(&base, &schema).await.unwrap();
-    if let Err(e) = outcome {
-        std::panic::resume_unwind(e.into_panic());
-    }
+    in_fresh_schema(&base, |store| async move { lookups_case(&store).await }).await;
     report("postgres_lookups_answer_each_key_in_its_place: passed on postgres");
 }
 

@@ -6,8 +6,11 @@ use scrip_core::token::Scope;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::model::{AuditRecord, Charge, ChargeStatus, Metadata, NewCharge, ReportLine, Token};
+use super::model::{
+    AuditRecord, Charge, ChargeStatus, Metadata, NewCharge, Principal, ReportLine, Token,
+};
 use super::{LedgerConfig, StoreError, StoreResult};
+use crate::secrets::SecretHash;
 
 /// Metadata as stored (a JSON object); an unreadable value reads as empty.
 pub(crate) fn metadata_from(text: &str) -> Metadata {
@@ -220,4 +223,39 @@ pub(crate) fn report_lines(sums: impl IntoIterator<Item = ReportSum>) -> Vec<Rep
             l
         })
         .collect()
+}
+
+/// Whether the hash an index found for `hash` is `hash`: compared again in
+/// constant time, so the decision never depends on a variable-time
+/// comparison.
+pub(super) fn same_secret(stored: &[u8], hash: &SecretHash) -> bool {
+    <[u8; 32]>::try_from(stored)
+        .map(SecretHash)
+        .is_ok_and(|s| s.ct_eq(hash))
+}
+
+/// The principal a secret of `role` names, if it is still in force;
+/// `credential` is the orchestrator credential's (customer, active), read
+/// when the role is `orchestrator`.
+pub(super) fn principal(
+    role: &str,
+    object_id: String,
+    credential: Option<(String, bool)>,
+) -> Option<Principal> {
+    match role {
+        "orchestrator" => match credential {
+            Some((customer_id, true)) => Some(Principal::Orchestrator {
+                credential_id: object_id,
+                customer_id,
+            }),
+            _ => None,
+        },
+        "provider" => Some(Principal::Provider {
+            provider_id: object_id,
+        }),
+        "token" => Some(Principal::Token {
+            token_id: object_id,
+        }),
+        _ => None,
+    }
 }

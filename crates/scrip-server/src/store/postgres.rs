@@ -41,7 +41,8 @@ mod ledger;
 mod outbox;
 
 use super::common::{
-    declined_charge, json, metadata_from, metadata_to, not_found, scope_of, ChargeCard,
+    declined_charge, json, metadata_from, metadata_to, not_found, principal, same_secret, scope_of,
+    ChargeCard,
 };
 use super::model::*;
 use super::{IdemWrite, LedgerConfig, Store, StoreError, StoreResult, TokenChange, WriteStats};
@@ -1078,12 +1079,25 @@ impl PgStore {
         let mut contexts = Vec::with_capacity(found.len());
         for (read, (token, now)) in found.into_iter().zip(tokens) {
             contexts.push(match read {
-                Ok(ContextRead::Done(ctx)) => Ok(ctx),
-                Ok(ContextRead::Exact) => self.charge_context_exact(token, now).await,
+                Ok(read) => self.finish_context(read, token, now).await,
                 Err(e) => Err(e),
             });
         }
         contexts
+    }
+
+    /// A charge context from its coalesced read: read again exactly when
+    /// the clock was set back past the newest spend row.
+    async fn finish_context(
+        &self,
+        read: ContextRead,
+        token: SecretHash,
+        now: UnixSecs,
+    ) -> StoreResult<Option<ChargeContext>> {
+        match read {
+            ContextRead::Done(ctx) => Ok(ctx),
+            ContextRead::Exact => self.charge_context_exact(token, now).await,
+        }
     }
 
     /// One row by its id (`select` takes it as `$1`), or `resource_missing`.
@@ -1957,34 +1971,13 @@ fn place(r: &Row, column: usize, keys: usize) -> PgResult<usize> {
 /// still in force.
 fn principal_of(r: &Row, hash: &SecretHash) -> PgResult<Option<Principal>> {
     let stored: Vec<u8> = r.try_get(0)?;
-    let role: String = r.try_get(1)?;
-    let object_id: String = r.try_get(2)?;
-    // The index found it; compare again in constant time so the decision
-    // never depends on a variable-time comparison.
-    let stored = <[u8; 32]>::try_from(stored.as_slice()).map(SecretHash).ok();
-    if !stored.is_some_and(|s| s.ct_eq(hash)) {
+    if !same_secret(&stored, hash) {
         return Ok(None);
     }
-    Ok(match role.as_str() {
-        "orchestrator" => {
-            let customer_id: Option<String> = r.try_get(3)?;
-            let active: Option<bool> = r.try_get(4)?;
-            match (customer_id, active) {
-                (Some(customer_id), Some(true)) => Some(Principal::Orchestrator {
-                    credential_id: object_id,
-                    customer_id,
-                }),
-                _ => None,
-            }
-        }
-        "provider" => Some(Principal::Provider {
-            provider_id: object_id,
-        }),
-        "token" => Some(Principal::Token {
-            token_id: object_id,
-        }),
-        _ => None,
-    })
+    let role: String = r.try_get(1)?;
+    let customer_id: Option<String> = r.try_get(3)?;
+    let active: Option<bool> = r.try_get(4)?;
+    Ok(principal(&role, r.try_get(2)?, customer_id.zip(active)))
 }
 
 /// Reads charge contexts: for each token secret hash, [`LEAF_CONTEXT_SQL`]
@@ -3300,10 +3293,8 @@ impl Store for PgStore {
         // the token's chain, each link with its newest spend row. The newest
         // row is the window's unless the clock was set back past it; then
         // the chain is read again with the spend of the exact window.
-        match self.contexts.get((token, now)).await? {
-            ContextRead::Done(ctx) => Ok(ctx),
-            ContextRead::Exact => self.charge_context_exact(token, now).await,
-        }
+        let read = self.contexts.get((token, now)).await?;
+        self.finish_context(read, token, now).await
     }
 
     async fn revoke_token_for_misuse(

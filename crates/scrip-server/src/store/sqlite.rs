@@ -28,7 +28,10 @@ use tokio::sync::oneshot;
 mod ledger;
 mod outbox;
 
-use super::common::{allowed_charge, declined_charge, json, metadata_to, not_found, ChargeCard};
+use super::common::{
+    allowed_charge, declined_charge, json, metadata_to, not_found, principal, same_secret,
+    ChargeCard,
+};
 use super::model::*;
 use super::{IdemWrite, LedgerConfig, Store, StoreError, StoreResult, TokenChange, WriteStats};
 use crate::secrets::SecretHash;
@@ -468,36 +471,17 @@ impl SqliteStore {
             let Some((stored, role, object_id)) = found else {
                 return Ok(None);
             };
-            // The index found it; compare again in constant time so the
-            // decision never depends on a variable-time comparison.
-            let stored = <[u8; 32]>::try_from(stored.as_slice()).map(SecretHash).ok();
-            if !stored.is_some_and(|s| s.ct_eq(&hash)) {
+            if !same_secret(&stored, &hash) {
                 return Ok(None);
             }
-            Ok(match role.as_str() {
-                "orchestrator" => {
-                    let row: Option<(String, bool)> = conn
-                        .prepare_cached(
-                            "SELECT customer_id, active FROM credentials WHERE id = ?1",
-                        )?
-                        .query_row([&object_id], |r| Ok((r.get(0)?, r.get(1)?)))
-                        .optional()?;
-                    match row {
-                        Some((customer_id, true)) => Some(Principal::Orchestrator {
-                            credential_id: object_id,
-                            customer_id,
-                        }),
-                        _ => None,
-                    }
-                }
-                "provider" => Some(Principal::Provider {
-                    provider_id: object_id,
-                }),
-                "token" => Some(Principal::Token {
-                    token_id: object_id,
-                }),
-                _ => None,
-            })
+            let credential: Option<(String, bool)> = if role == "orchestrator" {
+                conn.prepare_cached("SELECT customer_id, active FROM credentials WHERE id = ?1")?
+                    .query_row([&object_id], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()?
+            } else {
+                None
+            };
+            Ok(principal(&role, object_id, credential))
         })
         .await
     }

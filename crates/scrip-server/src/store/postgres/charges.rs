@@ -32,11 +32,12 @@ use futures_util::future::{join_all, try_join, try_join3, try_join4};
 use scrip_core::limits;
 use scrip_core::token::{self, ChargeRequest, Link, Spend, StoredStatus, Usage};
 use scrip_core::UnixSecs;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 
 use super::super::common::{allowed_charge, json, scope_of, ChargeCard};
 use super::super::model::*;
 use super::super::{IdemWrite, LedgerConfig, Render, StoreError, StoreResult};
+use super::coalesce::take_batches;
 use super::ledger::{self, Capture, Post};
 use super::outbox::{self, NewEvent};
 use super::{
@@ -185,25 +186,17 @@ fn job(
 impl Runner {
     /// Takes what has queued (up to [`limits::PG_CHARGE_BATCH_MAX`])
     /// whenever a batch slot is free, and runs it as a batch.
-    async fn run(self, mut jobs: mpsc::Receiver<Job>) {
-        let slots = Arc::new(Semaphore::new(limits::PG_CHARGE_BATCHES_IN_FLIGHT));
-        while let Some(first) = jobs.recv().await {
-            let Ok(slot) = slots.clone().acquire_owned().await else {
-                break;
-            };
-            let mut batch = vec![first];
-            while batch.len() < limits::PG_CHARGE_BATCH_MAX {
-                match jobs.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
-                }
-            }
-            let runner = self.clone();
-            tokio::spawn(async move {
-                runner.settle(batch).await;
-                drop(slot);
-            });
-        }
+    async fn run(self, jobs: mpsc::Receiver<Job>) {
+        take_batches(
+            jobs,
+            limits::PG_CHARGE_BATCHES_IN_FLIGHT,
+            limits::PG_CHARGE_BATCH_MAX,
+            move |batch| {
+                let runner = self.clone();
+                async move { runner.settle(batch).await }
+            },
+        )
+        .await
     }
 
     /// Runs a batch and answers its charges; if it fails, runs each of

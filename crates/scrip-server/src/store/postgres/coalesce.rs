@@ -107,29 +107,54 @@ impl<K: Send + 'static, V: Send + 'static> Coalescer<K, V> {
     }
 }
 
-/// Takes what has queued (up to [`limits::PG_COALESCED_MAX`]) whenever a
-/// slot is free, and runs it together.
+/// Runs the queue of one kind of operation (see [`take_batches`]).
 async fn run<K: Send + 'static, V: Send + 'static>(
-    mut asks: mpsc::Receiver<Ask<K, V>>,
+    asks: mpsc::Receiver<Ask<K, V>>,
     pool: Pool,
     target: String,
     read: RunMany<K, V>,
 ) {
-    let slots = Arc::new(Semaphore::new(limits::PG_COALESCED_IN_FLIGHT));
-    while let Some(first) = asks.recv().await {
+    take_batches(
+        asks,
+        limits::PG_COALESCED_IN_FLIGHT,
+        limits::PG_COALESCED_MAX,
+        move |batch| {
+            let (pool, target, read) = (pool.clone(), target.clone(), read.clone());
+            async move { answer(&pool, &target, &read, batch).await }
+        },
+    )
+    .await
+}
+
+/// Takes what has queued on `queue` (up to `max`) whenever one of
+/// `in_flight` slots is free, and runs it with `run` on a task of its own;
+/// returns once the queue is closed and drained. Shared with the charge
+/// batcher.
+pub(super) async fn take_batches<J, F, Fut>(
+    mut queue: mpsc::Receiver<J>,
+    in_flight: usize,
+    max: usize,
+    run: F,
+) where
+    J: Send + 'static,
+    F: Fn(Vec<J>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let slots = Arc::new(Semaphore::new(in_flight));
+    while let Some(first) = queue.recv().await {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             break;
         };
         let mut batch = vec![first];
-        while batch.len() < limits::PG_COALESCED_MAX {
-            match asks.try_recv() {
-                Ok(ask) => batch.push(ask),
+        while batch.len() < max {
+            match queue.try_recv() {
+                Ok(job) => batch.push(job),
                 Err(_) => break,
             }
         }
-        let (pool, target, read) = (pool.clone(), target.clone(), read.clone());
+        let running = run(batch);
         tokio::spawn(async move {
-            answer(&pool, &target, &read, batch).await;
+            running.await;
             drop(slot);
         });
     }
