@@ -476,6 +476,19 @@ pub fn contains(haystack: &[u8], needle: &str) -> bool {
         .any(|w| w == needle.as_bytes())
 }
 
+/// Whether `word` stands in `haystack` with no ASCII letter or digit
+/// right before or after it: a field or column name (`"cvc"`, `cvc TEXT`,
+/// `card_cvc`), never three characters inside a random object id.
+pub fn mentions(haystack: &[u8], word: &str) -> bool {
+    let word = word.as_bytes();
+    let apart = |b: Option<&u8>| !b.is_some_and(|b| b.is_ascii_alphanumeric());
+    haystack.windows(word.len()).enumerate().any(|(i, w)| {
+        w == word
+            && apart(i.checked_sub(1).and_then(|j| haystack.get(j)))
+            && apart(haystack.get(i + word.len()))
+    })
+}
+
 /// The `scrip serve` binary as a separate process, for tests that kill it.
 pub struct Proc {
     pub child: tokio::process::Child,
