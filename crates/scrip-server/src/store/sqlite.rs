@@ -623,9 +623,11 @@ struct WriterStats {
 /// them is a valid serial order: rerunnable ones run first, without
 /// savepoints of their own. One that fails without having changed a row
 /// needs nothing undone. One that fails after changing rows cannot be
-/// undone alone: the wave is rolled back to its savepoint and its
-/// rerunnable operations run again, each in a savepoint of its own, so that
-/// only that one fails. Then every other operation runs in a savepoint of
+/// undone alone: while the group holds only rerunnable operations, the
+/// whole group is rolled back and all of them run again, each in a
+/// savepoint of its own, so that only that one fails; once it holds
+/// others, the wave has a savepoint, and only the wave is rolled back and
+/// run again that way. Then every other operation runs in a savepoint of
 /// its own.
 fn writer_loop(
     conn: Connection,
@@ -740,10 +742,34 @@ fn run_wave(conn: &Connection, wave: Vec<Job>, group: &mut Group, stats: &Writer
             Job::Once(op) => once.push(op),
         }
     }
-    // The wave's savepoint covers only its rerunnable operations (the
-    // others have savepoints of their own; nesting them would journal
-    // every page they touch twice).
-    if !rerunnable.is_empty() {
+    if !rerunnable.is_empty() && group.replies.is_empty() {
+        // Everything the group holds so far can run again: no savepoint
+        // (it copies every page the wave touches into the statement
+        // journal). If one fails after changing rows, the whole group
+        // rolls back and runs again, each operation in a savepoint of its
+        // own, so that only that one fails.
+        let ok = run_optimistically(conn, &mut rerunnable);
+        group.rerunnable.extend(rerunnable);
+        if !ok {
+            stats.reruns.fetch_add(1, Ordering::Relaxed);
+            let again = (conn.is_autocommit() || conn.execute_batch("ROLLBACK").is_ok())
+                && conn.execute_batch("BEGIN IMMEDIATE").is_ok();
+            for op in &mut group.rerunnable {
+                if !again || conn.is_autocommit() {
+                    break;
+                }
+                op.run(conn, true);
+            }
+            if !again {
+                group.broken = true;
+                return;
+            }
+        }
+    } else if !rerunnable.is_empty() {
+        // The group holds operations that cannot run again: the wave's
+        // savepoint covers only its rerunnable operations (the others
+        // have savepoints of their own; nesting them would journal every
+        // page they touch twice).
         let savepoint = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([]));
         let mut ok = savepoint("SAVEPOINT wave").is_ok();
         if ok && !run_optimistically(conn, &mut rerunnable) {
@@ -1341,16 +1367,62 @@ fn link_row(r: &Row<'_>) -> rusqlite::Result<LinkRow> {
 /// window's when it starts there (an older one means nothing spent yet in
 /// this window; a newer one, after the test clock was set back, is looked
 /// up exactly).
-fn load_chain(conn: &Connection, token_id: &str, now: UnixSecs) -> StoreResult<Vec<Link>> {
-    chain_from(conn, token_id, Vec::new(), Some(token_id.to_owned()), now)
+/// What the writer reads to decide a charge: the token's chain, where each
+/// link's spend sits, and the card the charge is made on.
+struct ChargeChain {
+    links: Vec<Link>,
+    /// `(token id, window start)` of each link, in the chain's order:
+    /// where the charge's amount is added.
+    spend_keys: Vec<(String, UnixSecs)>,
+    card: ChargeCard,
 }
 
-/// [`load_chain`] past the links already read: `chain` so far, then `next`
-/// and its ancestors.
+/// The token's chain and card at `now`: the token with its first link and
+/// its card in one statement, then its ancestors.
+fn charge_chain(conn: &Connection, token_id: &str, now: UnixSecs) -> StoreResult<ChargeChain> {
+    let found = conn
+        .prepare_cached(&format!(
+            "SELECT {LINK_COLS}, t.customer_id, pm.id, pm.brand, pm.last4
+             FROM tokens t {LINK_JOINS} WHERE t.id = ?1"
+        ))?
+        .query_row([token_id], |r| {
+            let n = LINK_COLS_LEN;
+            Ok((
+                link_row(r)?,
+                ChargeCard {
+                    customer_id: r.get(n)?,
+                    payment_method_id: r.get(n + 1)?,
+                    brand: r.get(n + 2)?,
+                    last4: r.get(n + 3)?,
+                },
+            ))
+        })
+        .optional()?;
+    let Some((row, card)) = found else {
+        return Err(not_found("payment_token", token_id));
+    };
+    let mut ids = vec![token_id.to_owned()];
+    let (first, parent) = settled_link(conn, token_id, row, now)?;
+    let links = chain_from(conn, token_id, vec![first], &mut ids, parent, now)?;
+    let spend_keys = ids
+        .into_iter()
+        .zip(&links)
+        .map(|(id, link)| (id, link.scope.window(now).start))
+        .collect();
+    Ok(ChargeChain {
+        links,
+        spend_keys,
+        card,
+    })
+}
+
+/// A token's chain past the links already read: `chain` so far, then
+/// `next` and its ancestors, each one's id added to `ids`.
 fn chain_from(
     conn: &Connection,
     token_id: &str,
     mut chain: Vec<Link>,
+    ids: &mut Vec<String>,
     mut next: Option<String>,
     now: UnixSecs,
 ) -> StoreResult<Vec<Link>> {
@@ -1371,6 +1443,7 @@ fn chain_from(
         let (link, parent) = settled_link(conn, &id, row, now)?;
         next = parent;
         chain.push(link);
+        ids.push(id);
     }
     Ok(chain)
 }
@@ -1417,23 +1490,35 @@ fn adjust_spend(
             .parse()
             .map_err(|_| StoreError::Database("bad cap_period".into()))?;
         let start = period.window(charged_at, created).start;
-        // Spend can never go below zero: that would be a broken invariant.
-        let (captured, pending): (i64, i64) = conn
-            .prepare_cached(
-                "INSERT INTO token_spend (token_id, period_start, captured, pending) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (token_id, period_start) DO UPDATE SET
-                   captured = captured + excluded.captured, pending = pending + excluded.pending
-                 RETURNING captured, pending",
-            )?
-            .query_row(params![id, start, captured_delta, pending_delta], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })?;
-        if captured < 0 || pending < 0 {
-            return Err(StoreError::Database(format!(
-                "spend of token {id} would go negative; refusing the write"
-            )));
-        }
+        add_spend(conn, &id, start, captured_delta, pending_delta)?;
         next = parent;
+    }
+    Ok(())
+}
+
+/// Adds to one token's spend in the window starting at `start`.
+fn add_spend(
+    conn: &Connection,
+    token_id: &str,
+    start: UnixSecs,
+    captured_delta: i64,
+    pending_delta: i64,
+) -> StoreResult<()> {
+    // Spend can never go below zero: that would be a broken invariant.
+    let (captured, pending): (i64, i64) = conn
+        .prepare_cached(
+            "INSERT INTO token_spend (token_id, period_start, captured, pending) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (token_id, period_start) DO UPDATE SET
+               captured = captured + excluded.captured, pending = pending + excluded.pending
+             RETURNING captured, pending",
+        )?
+        .query_row(params![token_id, start, captured_delta, pending_delta], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+    if captured < 0 || pending < 0 {
+        return Err(StoreError::Database(format!(
+            "spend of token {token_id} would go negative; refusing the write"
+        )));
     }
     Ok(())
 }
@@ -2395,7 +2480,7 @@ impl Store for SqliteStore {
                 return Ok(None);
             };
             let (first, parent) = settled_link(conn, &token_id, row, now)?;
-            let chain = chain_from(conn, &token_id, vec![first], parent, now)?;
+            let chain = chain_from(conn, &token_id, vec![first], &mut Vec::new(), parent, now)?;
             Ok(Some(ChargeContext {
                 token_id,
                 payment_method_id,
@@ -2491,10 +2576,15 @@ impl Store for SqliteStore {
         self.write_rerunnable(
             move |conn| {
                 let new = request.clone();
-                release_expired_holds_of(conn, &new.token_id, now)?;
-                let chain = load_chain(conn, &new.token_id, now)?;
+                let mut chain = charge_chain(conn, &new.token_id, now)?;
+                if chain.links.iter().any(|l| l.spend.pending > 0) {
+                    // Holds past their capture window no longer count:
+                    // release the token's, then read what is left.
+                    release_expired_holds_of(conn, &new.token_id, now)?;
+                    chain = charge_chain(conn, &new.token_id, now)?;
+                }
                 token::authorize(
-                    &chain,
+                    &chain.links,
                     &ChargeRequest {
                         caller_provider_id: &new.provider_id,
                         currency: new.currency,
@@ -2503,13 +2593,15 @@ impl Store for SqliteStore {
                     now,
                 )
                 .map_err(StoreError::Refused)?;
-                let card = charge_card(conn, &new.token_id)?;
                 let capture = new.capture;
-                let charge = allowed_charge(new, card, &config, now);
+                let charge = allowed_charge(new, chain.card, &config, now);
                 let (amount, fee) = (charge.amount, charge.fee);
                 insert_charge(conn, &charge)?;
+                let (captured, pending) = if capture { (amount, 0) } else { (0, amount) };
+                for (id, start) in &chain.spend_keys {
+                    add_spend(conn, id, *start, captured, pending)?;
+                }
                 if capture {
-                    adjust_spend(conn, &charge.token_id, now, amount, 0)?;
                     ledger::capture(
                         conn,
                         &config,
@@ -2521,7 +2613,6 @@ impl Store for SqliteStore {
                         now,
                     )?;
                 } else {
-                    adjust_spend(conn, &charge.token_id, now, 0, amount)?;
                     ledger::post(
                         conn,
                         "authorization",
@@ -2535,7 +2626,7 @@ impl Store for SqliteStore {
                 }
                 outbox::audit_ok(conn, "charge.created", &charge.id, now)?;
                 emit_charge(conn, "charge.succeeded", &charge, now)?;
-                if chain.first().is_some_and(|l| l.scope.usage == Usage::SingleUse) {
+                if chain.links.first().is_some_and(|l| l.scope.usage == Usage::SingleUse) {
                     conn.prepare_cached(
                         "UPDATE tokens SET status = 'exhausted', status_changed = ?2 WHERE id = ?1 AND status = 'active'",
                     )?
@@ -3215,6 +3306,70 @@ mod tests {
             assert!(t.await.unwrap().is_err());
         }
         assert_eq!(store.stats.reruns.load(Ordering::Relaxed), reruns);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_group_of_rerunnable_operations_runs_again_without_the_one_that_failed() {
+        // Only rerunnable operations: their waves run without savepoints,
+        // and one failing after writing sends the whole group round again.
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            Arc::new(SqliteStore::open(&dir.path().join("db"), LedgerConfig::default()).unwrap());
+        let mut tasks = Vec::new();
+        for i in 0..400 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                store
+                    .write_rerunnable(
+                        move |conn| {
+                            conn.execute(
+                                "INSERT INTO meta (key, value) VALUES (?1, x'00')",
+                                [format!("k{i}")],
+                            )?;
+                            conn.execute(
+                                "INSERT INTO meta (key, value) VALUES ('count', 1)
+                                 ON CONFLICT (key) DO UPDATE SET value = value + 1",
+                                [],
+                            )?;
+                            if i % 7 == 3 {
+                                return Err(StoreError::Database("failed after writing".into()));
+                            }
+                            Ok(i)
+                        },
+                        None,
+                    )
+                    .await
+            }));
+        }
+        let mut failed = Vec::new();
+        for (i, t) in tasks.into_iter().enumerate() {
+            match t.await.unwrap() {
+                Ok(v) => assert_eq!(v, i),
+                Err(_) => failed.push(i),
+            }
+        }
+        let expected: Vec<usize> = (0..400).filter(|i| i % 7 == 3).collect();
+        assert_eq!(failed, expected);
+        assert!(store.stats.reruns.load(Ordering::Relaxed) > 0);
+        let conn = Connection::open(dir.path().join("db")).unwrap();
+        for i in 0..400 {
+            let kept: i64 = conn
+                .query_row(
+                    "SELECT count(*) FROM meta WHERE key = ?1",
+                    [format!("k{i}")],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(kept == 1, i % 7 != 3, "meta row k{i}");
+        }
+        // Each operation that succeeded counted once, however often its
+        // group ran.
+        let count: i64 = conn
+            .query_row("SELECT value FROM meta WHERE key = 'count'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(count, 400 - expected.len() as i64);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
