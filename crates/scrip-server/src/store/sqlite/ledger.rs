@@ -73,13 +73,8 @@ pub(super) fn post(
         entries.push(account);
         entries.push(&p.amount);
     }
-    conn.prepare_cached(&rows_sql(
-        "INSERT INTO ledger_entries (transaction_seq, account, amount) VALUES ",
-        n,
-        |i| format!("(?1, ?{}, ?{})", 2 + 2 * i, 3 + 2 * i),
-        "",
-    ))?
-    .execute(entries.as_slice())?;
+    conn.prepare_cached(&posting_sql(n).entries)?
+        .execute(entries.as_slice())?;
     let code = currency.code();
     let mut balances: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(1 + 3 * n);
     balances.push(&code);
@@ -88,15 +83,52 @@ pub(super) fn post(
         balances.push(&posted[i]);
         balances.push(&pending[i]);
     }
-    conn.prepare_cached(&rows_sql(
-        "INSERT INTO ledger_balances (account, currency, posted, pending) VALUES ",
-        n,
-        |i| format!("(?{}, ?1, ?{}, ?{})", 2 + 3 * i, 3 + 3 * i, 4 + 3 * i),
-        " ON CONFLICT (account, currency) DO UPDATE SET
-           posted = posted + excluded.posted, pending = pending + excluded.pending",
-    ))?
-    .execute(balances.as_slice())?;
+    conn.prepare_cached(&posting_sql(n).balances)?
+        .execute(balances.as_slice())?;
     Ok(())
+}
+
+/// The two statements that write a transaction of `n` postings: its
+/// entries, and the balances they move.
+#[derive(Clone)]
+struct PostingSql {
+    entries: String,
+    balances: String,
+}
+
+impl PostingSql {
+    fn new(n: usize) -> PostingSql {
+        PostingSql {
+            entries: rows_sql(
+                "INSERT INTO ledger_entries (transaction_seq, account, amount) VALUES ",
+                n,
+                |i| format!("(?1, ?{}, ?{})", 2 + 2 * i, 3 + 2 * i),
+                "",
+            ),
+            balances: rows_sql(
+                "INSERT INTO ledger_balances (account, currency, posted, pending) VALUES ",
+                n,
+                |i| format!("(?{}, ?1, ?{}, ?{})", 2 + 3 * i, 3 + 3 * i, 4 + 3 * i),
+                " ON CONFLICT (account, currency) DO UPDATE SET
+                   posted = posted + excluded.posted, pending = pending + excluded.pending",
+            ),
+        }
+    }
+}
+
+/// The statements for `n` postings, built once for the sizes the posting
+/// rules make (building them cost the charge path as much as one of its
+/// smaller statements).
+fn posting_sql(n: usize) -> std::borrow::Cow<'static, PostingSql> {
+    const BUILT: usize = 8;
+    static SQL: std::sync::OnceLock<Vec<PostingSql>> = std::sync::OnceLock::new();
+    match SQL
+        .get_or_init(|| (0..BUILT).map(PostingSql::new).collect())
+        .get(n)
+    {
+        Some(sql) => std::borrow::Cow::Borrowed(sql),
+        None => std::borrow::Cow::Owned(PostingSql::new(n)),
+    }
 }
 
 /// `head`, then `n` rows of `row(i)` separated by commas, then `tail`.
