@@ -1359,14 +1359,6 @@ fn link_row(r: &Row<'_>) -> rusqlite::Result<LinkRow> {
     Ok((link, r.get::<_, Option<String>>(7)?, newest))
 }
 
-/// The token and its ancestors, each with its spend in the window of `now`.
-///
-/// On the charge path twice (the pre-check and the writer's decision), so
-/// one statement a link reads only what the decision needs: the token's
-/// scope, its standing, and its newest spend row, which is the current
-/// window's when it starts there (an older one means nothing spent yet in
-/// this window; a newer one, after the test clock was set back, is looked
-/// up exactly).
 /// What the writer reads to decide a charge: the token's chain, where each
 /// link's spend sits, and the card the charge is made on.
 struct ChargeChain {
@@ -1377,8 +1369,16 @@ struct ChargeChain {
     card: ChargeCard,
 }
 
-/// The token's chain and card at `now`: the token with its first link and
-/// its card in one statement, then its ancestors.
+/// The token and its ancestors, each with its spend in the window of
+/// `now`, and the token's card: the token with its first link and its card
+/// in one statement, then its ancestors.
+///
+/// A chain is read twice on the charge path (the pre-check and the
+/// writer's decision), so one statement a link reads only what the
+/// decision needs: the token's scope, its standing, and its newest spend
+/// row, which is the current window's when it starts there (an older one
+/// means nothing spent yet in this window; a newer one, after the test
+/// clock was set back, is looked up exactly).
 fn charge_chain(conn: &Connection, token_id: &str, now: UnixSecs) -> StoreResult<ChargeChain> {
     let found = conn
         .prepare_cached(&format!(
