@@ -754,13 +754,9 @@ fn run_wave(conn: &Connection, wave: Vec<Job>, group: &mut Group, stats: &Writer
             stats.reruns.fetch_add(1, Ordering::Relaxed);
             let again = (conn.is_autocommit() || conn.execute_batch("ROLLBACK").is_ok())
                 && conn.execute_batch("BEGIN IMMEDIATE").is_ok();
-            for op in &mut group.rerunnable {
-                if !again || conn.is_autocommit() {
-                    break;
-                }
-                op.run(conn, true);
-            }
-            if !again {
+            if again {
+                run_each_alone(conn, &mut group.rerunnable);
+            } else {
                 group.broken = true;
                 return;
             }
@@ -775,13 +771,8 @@ fn run_wave(conn: &Connection, wave: Vec<Job>, group: &mut Group, stats: &Writer
         if ok && !run_optimistically(conn, &mut rerunnable) {
             stats.reruns.fetch_add(1, Ordering::Relaxed);
             ok = !conn.is_autocommit() && savepoint("ROLLBACK TO wave").is_ok();
-            for op in &mut rerunnable {
-                // A failed statement can end the transaction: then nothing
-                // more may run, or it would commit on its own.
-                if !ok || conn.is_autocommit() {
-                    break;
-                }
-                op.run(conn, true);
+            if ok {
+                run_each_alone(conn, &mut rerunnable);
             }
         }
         ok = ok && !conn.is_autocommit() && savepoint("RELEASE wave").is_ok();
@@ -929,6 +920,19 @@ fn syncer_loop(
             group.answer(synced);
             durability.synced_one();
         }
+    }
+}
+
+/// Runs each operation again in a savepoint of its own, so that one that
+/// fails leaves nothing behind.
+fn run_each_alone(conn: &Connection, ops: &mut [Box<dyn Rerun>]) {
+    for op in ops {
+        // A failed statement can end the transaction: then nothing more
+        // may run, or it would commit on its own.
+        if conn.is_autocommit() {
+            break;
+        }
+        op.run(conn, true);
     }
 }
 
@@ -3229,14 +3233,29 @@ mod tests {
         }
     }
 
+    /// A store on a fresh database in a directory of its own.
+    fn fresh_store() -> (tempfile::TempDir, Arc<SqliteStore>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("db"), LedgerConfig::default()).unwrap();
+        (dir, Arc::new(store))
+    }
+
+    /// Whether the database in `dir` holds the `meta` row `key`.
+    fn meta_kept(dir: &tempfile::TempDir, key: &str) -> bool {
+        let conn = Connection::open(dir.path().join("db")).unwrap();
+        conn.query_row("SELECT count(*) FROM meta WHERE key = ?1", [key], |r| {
+            r.get::<_, i64>(0)
+        })
+        .unwrap()
+            == 1
+    }
+
     /// Rerunnable operations run without savepoints; one that fails after
     /// writing must still fail alone, with none of its rows kept, while the
     /// others in its group (rerunnable or not) commit.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn a_rerunnable_operation_that_fails_after_writing_fails_alone() {
-        let dir = tempfile::tempdir().unwrap();
-        let store =
-            Arc::new(SqliteStore::open(&dir.path().join("db"), LedgerConfig::default()).unwrap());
+        let (dir, store) = fresh_store();
         let mut tasks = Vec::new();
         for i in 0..300 {
             let store = store.clone();
@@ -3271,18 +3290,11 @@ mod tests {
         let expected: Vec<usize> = (0..300).filter(|i| i % 10 == 0 && i % 3 != 2).collect();
         assert_eq!(failed, expected);
         assert!(store.stats.reruns.load(Ordering::Relaxed) > 0);
-        let conn = Connection::open(dir.path().join("db")).unwrap();
         for i in 0..300 {
-            let kept: bool = conn
-                .query_row(
-                    "SELECT count(*) FROM meta WHERE key = ?1",
-                    [format!("k{i}")],
-                    |r| r.get::<_, i64>(0),
-                )
-                .unwrap()
-                == 1;
+            let kept = meta_kept(&dir, &format!("k{i}"));
             assert_eq!(kept, i % 3 != 2 && i % 10 != 0, "meta row k{i}");
         }
+        let conn = Connection::open(dir.path().join("db")).unwrap();
         let customers: i64 = conn
             .query_row("SELECT count(*) FROM customers", [], |r| r.get(0))
             .unwrap();
@@ -3312,9 +3324,7 @@ mod tests {
     async fn a_group_of_rerunnable_operations_runs_again_without_the_one_that_failed() {
         // Only rerunnable operations: their waves run without savepoints,
         // and one failing after writing sends the whole group round again.
-        let dir = tempfile::tempdir().unwrap();
-        let store =
-            Arc::new(SqliteStore::open(&dir.path().join("db"), LedgerConfig::default()).unwrap());
+        let (dir, store) = fresh_store();
         let mut tasks = Vec::new();
         for i in 0..400 {
             let store = store.clone();
@@ -3351,17 +3361,11 @@ mod tests {
         let expected: Vec<usize> = (0..400).filter(|i| i % 7 == 3).collect();
         assert_eq!(failed, expected);
         assert!(store.stats.reruns.load(Ordering::Relaxed) > 0);
-        let conn = Connection::open(dir.path().join("db")).unwrap();
         for i in 0..400 {
-            let kept: i64 = conn
-                .query_row(
-                    "SELECT count(*) FROM meta WHERE key = ?1",
-                    [format!("k{i}")],
-                    |r| r.get(0),
-                )
-                .unwrap();
-            assert_eq!(kept == 1, i % 7 != 3, "meta row k{i}");
+            let kept = meta_kept(&dir, &format!("k{i}"));
+            assert_eq!(kept, i % 7 != 3, "meta row k{i}");
         }
+        let conn = Connection::open(dir.path().join("db")).unwrap();
         // Each operation that succeeded counted once, however often its
         // group ran.
         let count: i64 = conn
@@ -3374,9 +3378,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn a_failed_operation_in_a_group_leaves_the_others_committed() {
-        let dir = tempfile::tempdir().unwrap();
-        let store =
-            Arc::new(SqliteStore::open(&dir.path().join("db"), LedgerConfig::default()).unwrap());
+        let (_dir, store) = fresh_store();
         store
             .create_customer(customer("cus_taken"), None)
             .await
@@ -3516,9 +3518,7 @@ mod tests {
     /// does, and a caller hears of its write only after that.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn a_write_is_answered_only_once_the_log_is_synced_past_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let store =
-            Arc::new(SqliteStore::open(&dir.path().join("db"), LedgerConfig::default()).unwrap());
+        let (dir, store) = fresh_store();
         let mut tasks = Vec::new();
         for i in 0..200 {
             let store = store.clone();
