@@ -50,17 +50,21 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use bytes::Bytes;
 use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
+use hyper::{Method, Uri};
 use rand::distributions::Alphanumeric;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use reqwest::header::HeaderValue;
 use scrip_client::{CardParams, Charge, Client, CustomerParams, HttpMethod, TokenParams};
 use scrip_server::server::{self, Config};
 use scrip_server::store::postgres::{url_with_search_path, PgStore};
 use serde::Deserialize;
 use serde_json::{json, Value};
+
+use crate::wire::{Origin, Unanswered, Wire};
 
 /// Cap of the tokens whose cap must never be reached (the API's maximum).
 const CAP_UNREACHABLE: i64 = 1_000_000_000_000;
@@ -76,7 +80,8 @@ pub struct BenchArgs {
     /// What to drive: spread, hot, mixed, revoke-storm, issue or introspect.
     #[arg(long, value_enum, default_value_t = Scenario::Spread)]
     scenario: Scenario,
-    /// Target this running server instead of starting one in-process.
+    /// Target this running server instead of starting one in-process
+    /// (`http://host:port`: the load is plain HTTP/1.1).
     #[arg(long)]
     url: Option<String>,
     /// The operator secret of the server given with --url.
@@ -342,6 +347,9 @@ impl Target {
             let admin_key = args.admin_key.clone().filter(|k| !k.is_empty()).context(
                 "--url needs the server's operator secret: --admin-key or SCRIP_ADMIN_KEY",
             )?;
+            // The load is plain HTTP/1.1: refuse any other URL before
+            // provisioning anything.
+            Origin::parse(url)?;
             return Ok(Target {
                 url: url.trim_end_matches('/').to_owned(),
                 admin_key,
@@ -742,17 +750,18 @@ struct Ctx {
     duration: Duration,
     amount: i64,
     refund_amount: i64,
-    charges_url: String,
-    tokens_url: String,
-    self_url: String,
-    health_url: String,
-    base_url: String,
+    origin: Origin,
+    charges_uri: Uri,
+    tokens_uri: Uri,
+    self_uri: Uri,
+    refunds_uri: Uri,
+    health_uri: Uri,
     provider_auth: HeaderValue,
     orchestrator_auth: HeaderValue,
     tokens: Vec<BenchToken>,
     token_auth: Vec<HeaderValue>,
-    charge_bodies: Vec<Vec<u8>>,
-    issue_body: Vec<u8>,
+    charge_bodies: Vec<Bytes>,
+    issue_body: Bytes,
     start: OnceLock<Instant>,
     /// Per credential: microseconds from `start` when its revocation was
     /// sent; `u64::MAX` while it was not.
@@ -776,13 +785,13 @@ fn bearer(secret: &str) -> anyhow::Result<HeaderValue> {
     Ok(value)
 }
 
-fn charge_body(token: &str, amount: i64, capture: bool) -> Vec<u8> {
+fn charge_body(token: &str, amount: i64, capture: bool) -> Bytes {
     let body = if capture {
         json!({"token": token, "amount": amount, "currency": "usd"})
     } else {
         json!({"token": token, "amount": amount, "currency": "usd", "capture": false})
     };
-    body.to_string().into_bytes()
+    body.to_string().into()
 }
 
 /// The outcome of one phase.
@@ -874,7 +883,7 @@ async fn drive(
     world: &World,
     tokens: &[BenchToken],
 ) -> anyhow::Result<LoadResult> {
-    let url = admin.base_url();
+    let origin = Origin::parse(admin.base_url())?;
     let orchestrator = world
         .credentials
         .first()
@@ -884,11 +893,12 @@ async fn drive(
         duration: phase.duration,
         amount: plan.amount,
         refund_amount: (plan.amount / 2).max(1),
-        charges_url: format!("{url}/v1/charges"),
-        tokens_url: format!("{url}/v1/tokens"),
-        self_url: format!("{url}/v1/tokens/self"),
-        health_url: format!("{url}/healthz"),
-        base_url: url.to_owned(),
+        charges_uri: origin.uri("/v1/charges")?,
+        tokens_uri: origin.uri("/v1/tokens")?,
+        self_uri: origin.uri("/v1/tokens/self")?,
+        refunds_uri: origin.uri("/v1/refunds")?,
+        health_uri: origin.uri("/healthz")?,
+        origin,
         provider_auth: bearer(&world.provider_secret)?,
         orchestrator_auth: bearer(&orchestrator.secret)?,
         tokens: tokens.to_vec(),
@@ -907,7 +917,7 @@ async fn drive(
             "cap": {"amount": CAP_UNREACHABLE, "period": "none"},
         })
         .to_string()
-        .into_bytes(),
+        .into(),
         start: OnceLock::new(),
         revoke_sent_us: (0..world.credentials.len())
             .map(|_| AtomicU64::new(u64::MAX))
@@ -1000,7 +1010,7 @@ enum TokenRef {
 
 /// One answer, decoded only as far as needed.
 enum Answer {
-    Success(Vec<u8>),
+    Success(Bytes),
     Refused { status: u16, code: String },
     Unanswered,
 }
@@ -1014,7 +1024,7 @@ struct MixedState {
 
 struct Conn<'a> {
     ctx: &'a Ctx,
-    http: reqwest::Client,
+    wire: Wire,
     out: ConnectionOut,
 }
 
@@ -1024,24 +1034,18 @@ async fn connection(
     index: usize,
     credentials: usize,
 ) -> anyhow::Result<ConnectionOut> {
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(1)
-        .tcp_nodelay(true)
-        .build();
     // Open the keep-alive connection before the clock starts. Whatever
     // happens, reach the barrier so no one waits for this task forever.
-    if let Ok(http) = &http {
-        let _ = http.get(&ctx.health_url).send().await;
-    }
+    let mut wire = Wire::new(ctx.origin.clone());
+    let _ = wire.send(Method::GET, &ctx.health_uri, None, None).await;
     ready.wait().await;
-    let http = http.context("cannot build an HTTP client")?;
     let start = *ctx.start.get_or_init(Instant::now);
     let deadline = start + ctx.duration;
     let seed = (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ rand::random::<u64>();
     let mut rng = StdRng::seed_from_u64(seed);
     let mut conn = Conn {
         ctx: &ctx,
-        http,
+        wire,
         out: ConnectionOut {
             tallies: vec![Tally::default(); ctx.tokens.len()],
             issued: Vec::new(),
@@ -1096,38 +1100,23 @@ struct ErrorFields {
 impl Conn<'_> {
     /// Sends one request and records its latency and outcome.
     async fn exchange(
-        &self,
+        &mut self,
         op: Op,
-        method: reqwest::Method,
-        url: &str,
+        method: Method,
+        uri: &Uri,
         auth: &HeaderValue,
-        body: Option<Vec<u8>>,
+        body: Option<Bytes>,
     ) -> (Answer, Instant, Instant) {
         let sent = Instant::now();
-        let mut request = self
-            .http
-            .request(method, url)
-            .header(AUTHORIZATION, auth.clone());
-        if let Some(body) = body {
-            request = request
-                .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-                .body(body);
-        }
-        let answer = match request.send().await {
-            Err(_) => Answer::Unanswered,
-            Ok(response) => {
-                let status = response.status().as_u16();
-                match response.bytes().await {
-                    Err(_) => Answer::Unanswered,
-                    Ok(bytes) if (200..300).contains(&status) => Answer::Success(bytes.to_vec()),
-                    Ok(bytes) => Answer::Refused {
-                        status,
-                        code: serde_json::from_slice::<ErrorBody>(&bytes)
-                            .map(|b| b.error.code)
-                            .unwrap_or_else(|_| format!("http_{status}")),
-                    },
-                }
-            }
+        let answer = match self.wire.send(method, uri, Some(auth), body).await {
+            Err(Unanswered) => Answer::Unanswered,
+            Ok((status, bytes)) if status.is_success() => Answer::Success(bytes),
+            Ok((status, bytes)) => Answer::Refused {
+                status: status.as_u16(),
+                code: serde_json::from_slice::<ErrorBody>(&bytes)
+                    .map(|b| b.error.code)
+                    .unwrap_or_else(|_| format!("http_{}", status.as_u16())),
+            },
         };
         let done = Instant::now();
         let latency = done.saturating_duration_since(sent);
@@ -1171,8 +1160,8 @@ impl Conn<'_> {
         let (answer, sent, done) = self
             .exchange(
                 op,
-                HttpMethod::POST,
-                &ctx.charges_url,
+                Method::POST,
+                &ctx.charges_uri,
                 &ctx.provider_auth,
                 Some(body),
             )
@@ -1254,14 +1243,16 @@ impl Conn<'_> {
             40..50 => self.mixed_hold(token, state).await,
             50..60 => match state.holds.pop() {
                 Some((held, id)) => {
-                    let url = format!("{}/v1/charges/{id}/capture", ctx.base_url);
+                    let Ok(uri) = ctx.origin.uri(&format!("/v1/charges/{id}/capture")) else {
+                        return;
+                    };
                     let (answer, _, _) = self
                         .exchange(
                             Op::Capture,
-                            HttpMethod::POST,
-                            &url,
+                            Method::POST,
+                            &uri,
                             &ctx.provider_auth,
-                            Some(b"{}".to_vec()),
+                            Some(Bytes::from_static(b"{}")),
                         )
                         .await;
                     // A full capture moves the hold from pending to captured:
@@ -1276,13 +1267,12 @@ impl Conn<'_> {
                 Some((charged, id)) => {
                     let body = json!({"charge": id, "amount": ctx.refund_amount})
                         .to_string()
-                        .into_bytes();
-                    let url = format!("{}/v1/refunds", ctx.base_url);
+                        .into();
                     let (answer, _, _) = self
                         .exchange(
                             Op::Refund,
-                            HttpMethod::POST,
-                            &url,
+                            Method::POST,
+                            &ctx.refunds_uri,
                             &ctx.provider_auth,
                             Some(body),
                         )
@@ -1317,7 +1307,7 @@ impl Conn<'_> {
             TokenRef::Issued(_) => self.token_secret(token).and_then(|s| bearer(s).ok()),
         };
         if let Some(auth) = auth {
-            self.exchange(Op::Introspect, HttpMethod::GET, &ctx.self_url, &auth, None)
+            self.exchange(Op::Introspect, Method::GET, &ctx.self_uri, &auth, None)
                 .await;
         }
     }
@@ -1328,8 +1318,8 @@ impl Conn<'_> {
         let (answer, _, _) = self
             .exchange(
                 Op::Issue,
-                HttpMethod::POST,
-                &ctx.tokens_url,
+                Method::POST,
+                &ctx.tokens_uri,
                 &ctx.orchestrator_auth,
                 Some(ctx.issue_body.clone()),
             )

@@ -5,6 +5,7 @@
 mod bench;
 mod cli;
 mod demo;
+mod wire;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
