@@ -13,14 +13,14 @@ use std::pin::Pin;
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST};
 use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-type Body = http_body_util::Either<Full<Bytes>, Empty<Bytes>>;
+type Body = Full<Bytes>;
 type Driver = Pin<Box<http1::Connection<TokioIo<TcpStream>, Body>>>;
 
 /// Where the connections go: an `http://host:port[/prefix]` base URL,
@@ -130,15 +130,12 @@ impl Wire {
         if let Some(auth) = auth {
             request = request.header(AUTHORIZATION, auth.clone());
         }
-        let body = match body {
-            Some(bytes) => {
-                request =
-                    request.header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-                Body::Left(Full::new(bytes))
-            }
-            None => Body::Right(Empty::new()),
-        };
-        let request = request.body(body).map_err(|_| Unanswered)?;
+        if body.is_some() {
+            request = request.header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+        let request = request
+            .body(Full::new(body.unwrap_or_default()))
+            .map_err(|_| Unanswered)?;
         let exchange = async {
             let response = sender.send_request(request).await.map_err(|_| Unanswered)?;
             let status = response.status();
