@@ -65,6 +65,11 @@ pub const SQLITE_CHECKPOINT_INTERVAL_MS: u64 = 100;
 pub const SQLITE_WAL_BACKSTOP_PAGES: i64 = 65_536;
 /// Read connections to the embedded database.
 pub const READ_CONNECTIONS_MAX: usize = 8;
+/// Charge contexts the embedded store keeps in memory for the charge
+/// pre-check (a few hundred bytes each) before it starts over, and tokens
+/// whose latest spend it keeps.
+pub const CHARGE_CONTEXTS_KEPT_MAX: usize = 50_000;
+pub const SPEND_BOARD_TOKENS_MAX: usize = 100_000;
 /// Requests served concurrently before new ones wait.
 pub const IN_FLIGHT_REQUESTS_MAX: usize = 4_096;
 /// How long a graceful shutdown waits for in-flight requests.

@@ -111,6 +111,7 @@ cases![
     idempotency_race_has_one_effect,
     idempotent_responses_and_purge,
     revocation_is_seen_at_once,
+    charge_contexts_follow_every_change,
     misuse_and_refusals,
     declines_spend_nothing,
     holds_expire_through_upkeep,
@@ -1102,6 +1103,128 @@ mod cases {
             .await
             .unwrap()
             .is_none());
+    }
+
+    /// The charge pre-check's view of a token (which the embedded store
+    /// keeps in memory) follows every change to its spend and standing.
+    pub async fn charge_contexts_follow_every_change(s: Shared) {
+        let s = s.as_ref();
+        let fx = fixture(s).await;
+        let (parent, parent_secret) = issue(s, &fx, Issue::default()).await;
+        let (token, secret) = issue(
+            s,
+            &fx,
+            Issue {
+                parent: Some(parent.clone()),
+                ..Issue::default()
+            },
+        )
+        .await;
+        let seen = |secret: SecretHash| async move {
+            let ctx = s.charge_context(secret, NOW).await.unwrap().unwrap();
+            let fresh = s
+                .charge_context_uncached(secret, NOW)
+                .await
+                .unwrap()
+                .unwrap();
+            let view = |c: &ChargeContext| {
+                c.chain
+                    .iter()
+                    .map(|l| (l.spend.captured, l.spend.pending, l.standing))
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(view(&ctx), view(&fresh), "kept and fresh contexts differ");
+            assert!(!fresh.cached);
+            view(&ctx)
+        };
+        let spends = |secret| async move {
+            seen(secret)
+                .await
+                .into_iter()
+                .map(|(c, p, _)| (c, p))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(spends(secret).await, [(0, 0), (0, 0)]);
+        let captured = charge(s, &fx, &token, 700, true).await;
+        assert_eq!(spends(secret).await, [(700, 0), (700, 0)]);
+        assert_eq!(spends(parent_secret).await, [(700, 0)]);
+        let hold = charge(s, &fx, &token, 200, false).await;
+        assert_eq!(spends(secret).await, [(700, 200), (700, 200)]);
+        s.cancel_charge(&hold.id, None, NOW, None).await.unwrap();
+        assert_eq!(spends(secret).await, [(700, 0), (700, 0)]);
+        s.create_refund(
+            NewRefund {
+                id: new_id("re"),
+                charge_id: captured.id.clone(),
+                amount: Some(300),
+                metadata: Metadata::new(),
+            },
+            None,
+            NOW,
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(spends(secret).await, [(400, 0), (400, 0)]);
+        let hold = charge(s, &fx, &token, 100, false).await;
+        s.capture_charge(&hold.id, None, Some(60), NOW, None)
+            .await
+            .unwrap();
+        assert_eq!(spends(secret).await, [(460, 0), (460, 0)]);
+        // Standing: suspended and resumed, the parent revoked.
+        let stored = |secret| async move {
+            seen(secret)
+                .await
+                .into_iter()
+                .map(|(_, _, standing)| standing.stored)
+                .collect::<Vec<_>>()
+        };
+        s.change_token(&token, None, TokenChange::Suspend, NOW, None)
+            .await
+            .unwrap();
+        assert_eq!(
+            stored(secret).await,
+            [StoredStatus::Suspended, StoredStatus::Active]
+        );
+        s.change_token(&token, None, TokenChange::Resume, NOW, None)
+            .await
+            .unwrap();
+        assert_eq!(
+            stored(secret).await,
+            [StoredStatus::Active, StoredStatus::Active]
+        );
+        s.change_token(&parent, None, TokenChange::Revoke, NOW, None)
+            .await
+            .unwrap();
+        assert_eq!(
+            stored(secret).await,
+            [StoredStatus::Revoked, StoredStatus::Revoked]
+        );
+        // The card detached, the credential revoked: every token's standing.
+        let (other, other_secret) = issue(s, &fx, Issue::default()).await;
+        charge(s, &fx, &other, 1, true).await;
+        assert!(seen(other_secret).await[0].2.payment_method_active);
+        s.detach_payment_method(&fx.pm, None, NOW, None)
+            .await
+            .unwrap();
+        assert!(!seen(other_secret).await[0].2.payment_method_active);
+        let fx2 = fixture(s).await;
+        let (t2, secret2) = issue(s, &fx2, Issue::default()).await;
+        charge(s, &fx2, &t2, 1, true).await;
+        assert!(seen(secret2).await[0].2.credential_active);
+        s.revoke_credential(&fx2.credential, NOW, None)
+            .await
+            .unwrap();
+        assert!(!seen(secret2).await[0].2.credential_active);
+        // A token presented by the wrong provider is revoked.
+        let fx3 = fixture(s).await;
+        let (t3, secret3) = issue(s, &fx3, Issue::default()).await;
+        charge(s, &fx3, &t3, 1, true).await;
+        assert_eq!(stored(secret3).await, [StoredStatus::Active]);
+        s.revoke_token_for_misuse(&t3, "prov_other", NOW)
+            .await
+            .unwrap();
+        assert_eq!(stored(secret3).await, [StoredStatus::Revoked]);
     }
 
     pub async fn revocation_is_seen_at_once(s: Shared) {

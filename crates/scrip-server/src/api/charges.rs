@@ -139,6 +139,14 @@ pub async fn create_charge(
                 amount,
             };
             let mut decision = token::authorize(&ctx.chain, &request, now);
+            if decision.is_err() && ctx.cached {
+                // Only the database refuses: a context kept in memory may
+                // be behind it (a refund, a released hold).
+                if let Some(fresh) = st.store.charge_context_uncached(token_hash, now).await? {
+                    ctx = fresh;
+                    decision = token::authorize(&ctx.chain, &request, now);
+                }
+            }
             if matches!(decision, Err(Refusal::CapExceeded { .. }))
                 && ctx.chain.iter().any(|link| link.spend.pending > 0)
             {
@@ -146,7 +154,7 @@ pub async fn create_charge(
                 // sweep may not have released them yet: release them now
                 // and decide on what is left.
                 st.store.upkeep(now, false).await?;
-                if let Some(fresh) = st.store.charge_context(token_hash, now).await? {
+                if let Some(fresh) = st.store.charge_context_uncached(token_hash, now).await? {
                     ctx = fresh;
                     decision = token::authorize(&ctx.chain, &request, now);
                 }

@@ -247,6 +247,15 @@ pub trait Store: Send + Sync + 'static {
         token: SecretHash,
         now: UnixSecs,
     ) -> StoreResult<Option<ChargeContext>>;
+
+    /// `charge_context` read from the database, never from memory.
+    async fn charge_context_uncached(
+        &self,
+        token: SecretHash,
+        now: UnixSecs,
+    ) -> StoreResult<Option<ChargeContext>> {
+        self.charge_context(token, now).await
+    }
     /// Revokes a token presented by the wrong provider (it has leaked), with
     /// a `payment_token.misuse_attempt` event and an audit record naming
     /// the presenting provider.

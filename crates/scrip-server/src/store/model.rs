@@ -188,6 +188,10 @@ pub struct ChargeContext {
     pub sealed_number: Sealed,
     /// The token first, then its ancestors.
     pub chain: Vec<Link>,
+    /// Kept in memory rather than read from the database just now (the
+    /// embedded store's pre-check): a refusal decided on it is decided
+    /// again on [`Store::charge_context_uncached`](super::Store::charge_context_uncached).
+    pub cached: bool,
 }
 
 #[derive(Clone, Debug)]

@@ -1174,6 +1174,7 @@ impl PgStore {
                     payment_method_id: r.try_get(1)?,
                     sealed_number: sealed_at(&r, 2)?,
                     chain,
+                    cached: false,
                 }))
             })
         })
@@ -2099,6 +2100,7 @@ fn context_from_newest_spends(found: &[Row], now: UnixSecs) -> PgResult<ContextR
         payment_method_id: first.try_get(3)?,
         sealed_number: sealed_at(first, 18)?,
         chain,
+        cached: false,
     })))
 }
 

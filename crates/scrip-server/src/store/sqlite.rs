@@ -25,8 +25,11 @@ use scrip_core::token::{
 use scrip_core::UnixSecs;
 use tokio::sync::oneshot;
 
+mod contexts;
 mod ledger;
 mod outbox;
+
+use contexts::{ContextCache, SpendBoard};
 
 use super::common::{
     allowed_charge, declined_charge, json, metadata_to, not_found, principal, same_secret,
@@ -161,6 +164,31 @@ CREATE TABLE audit_events (
 -- scan of every charge of the token (quadratic on a hot token).
 CREATE INDEX charges_token_holds ON charges(token_id, capture_before) WHERE status = 'requires_capture';
 "#,
+    r#"
+-- Fewer b-trees for each charge to write. A transaction's entries are
+-- kept together under its number (they were a table and an index, each
+-- written once per entry), numbered in the order they were posted.
+CREATE TABLE ledger_entries_v5 (
+    transaction_seq INTEGER NOT NULL, line INTEGER NOT NULL, account TEXT NOT NULL,
+    amount INTEGER NOT NULL, PRIMARY KEY (transaction_seq, line)) WITHOUT ROWID;
+INSERT INTO ledger_entries_v5 (transaction_seq, line, account, amount)
+    SELECT transaction_seq, ROW_NUMBER() OVER (PARTITION BY transaction_seq ORDER BY rowid),
+           account, amount
+    FROM ledger_entries;
+DROP TABLE ledger_entries;
+ALTER TABLE ledger_entries_v5 RENAME TO ledger_entries;
+-- A ledger transaction is found by its number or its reference, never by
+-- its id (a name shown in verifications): the id's unique index goes.
+CREATE TABLE ledger_transactions_v5 (
+    seq INTEGER PRIMARY KEY, id TEXT NOT NULL, kind TEXT NOT NULL, status TEXT NOT NULL,
+    reference TEXT NOT NULL, provider_id TEXT NOT NULL, currency TEXT NOT NULL, created INTEGER NOT NULL);
+INSERT INTO ledger_transactions_v5 (seq, id, kind, status, reference, provider_id, currency, created)
+    SELECT seq, id, kind, status, reference, provider_id, currency, created FROM ledger_transactions;
+DROP TABLE ledger_transactions;
+ALTER TABLE ledger_transactions_v5 RENAME TO ledger_transactions;
+CREATE INDEX ledger_transactions_reference ON ledger_transactions(reference);
+CREATE INDEX ledger_transactions_created ON ledger_transactions(created);
+"#,
 ];
 
 impl From<rusqlite::Error> for StoreError {
@@ -171,9 +199,10 @@ impl From<rusqlite::Error> for StoreError {
 
 /// Resolved secrets, so that authentication costs no database read. Safe
 /// because this process is the store's only writer: every change to a
-/// secret goes through [`SqliteStore`], which forgets the owner's entries
-/// after it commits, and bumps a generation so that a lookup that read the
-/// old state cannot put it back.
+/// secret goes through [`SqliteStore`]'s writer, which forgets the owner's
+/// entries as soon as the change has committed (`forget_after_commit`), and
+/// bumps a generation so that a lookup that read the old state cannot put
+/// it back.
 #[derive(Default)]
 struct AuthCache {
     entries: Mutex<std::collections::HashMap<[u8; 32], Principal>>,
@@ -205,6 +234,47 @@ impl AuthCache {
         if let Ok(mut entries) = self.entries.lock() {
             self.generation.fetch_add(1, Ordering::AcqRel);
             entries.retain(|_, p| p.actor_id() != owner);
+        }
+    }
+}
+
+/// What this process keeps in memory of the database, which the writer keeps
+/// true (see `forget_after_commit`).
+struct Caches {
+    auth: AuthCache,
+    contexts: ContextCache,
+}
+
+/// What the operations of the open group have changed that the caches may
+/// hold (set on the writer thread).
+#[derive(Default)]
+struct Changed {
+    /// Owners (credentials, providers) whose secrets changed.
+    secrets_of: Vec<String>,
+    /// A token's scope or standing, or a card.
+    contexts: bool,
+}
+
+thread_local! {
+    static CHANGED: std::cell::RefCell<Changed> = std::cell::RefCell::new(Changed::default());
+}
+
+/// Inside a write: records what it changes that the caches may hold. The
+/// writer forgets it from the caches as soon as the group has committed,
+/// before anyone is told, and whether or not the caller still waits.
+fn forget_after_commit(mark: impl FnOnce(&mut Changed)) {
+    CHANGED.with(|changed| mark(&mut changed.borrow_mut()));
+}
+
+impl Caches {
+    /// The writer, after a group's COMMIT (or ROLLBACK).
+    fn forget_what_was_changed(&self) {
+        let changed = CHANGED.with(|changed| std::mem::take(&mut *changed.borrow_mut()));
+        for owner in &changed.secrets_of {
+            self.auth.forget(owner);
+        }
+        if changed.contexts {
+            self.contexts.forget_all();
         }
     }
 }
@@ -298,7 +368,7 @@ where
 pub struct SqliteStore {
     path: PathBuf,
     ledger: LedgerConfig,
-    auth: AuthCache,
+    caches: Arc<Caches>,
     stats: Arc<WriterStats>,
     durability: Arc<Durability>,
     jobs: SyncSender<Job>,
@@ -364,10 +434,24 @@ impl SqliteStore {
         let stats = Arc::new(WriterStats::default());
         let durability = Arc::new(Durability::new());
         let (writer_stats, writer_durability) = (stats.clone(), durability.clone());
+        let spend = Arc::new(SpendBoard::default());
+        let caches = Arc::new(Caches {
+            auth: AuthCache::default(),
+            contexts: ContextCache::new(spend.clone()),
+        });
+        let writer_caches = caches.clone();
         std::thread::Builder::new()
             .name("scrip-sqlite-writer".into())
             .spawn(move || {
-                writer_loop(writer, queue, &writer_stats, &writer_durability, &to_syncer)
+                WRITER_SPEND.with(|board| *board.borrow_mut() = Some(spend));
+                writer_loop(
+                    writer,
+                    queue,
+                    &writer_stats,
+                    &writer_durability,
+                    &writer_caches,
+                    &to_syncer,
+                )
             })
             .map_err(|e| StoreError::Database(format!("cannot start the writer thread: {e}")))?;
         let syncer_durability = durability.clone();
@@ -386,7 +470,7 @@ impl SqliteStore {
             })?;
         Ok(SqliteStore {
             path: path.to_owned(),
-            auth: AuthCache::default(),
+            caches,
             ledger,
             stats,
             durability,
@@ -634,6 +718,7 @@ fn writer_loop(
     queue: Receiver<Job>,
     stats: &WriterStats,
     durability: &Durability,
+    caches: &Caches,
     syncer: &std::sync::mpsc::Sender<Committed>,
 ) {
     while let Ok(first) = queue.recv() {
@@ -694,6 +779,9 @@ fn writer_loop(
             );
             let _ = conn.execute_batch("ROLLBACK");
         }
+        // Whether it committed or not, nothing the caches hold as changed
+        // by it can be newer than the database now.
+        caches.forget_what_was_changed();
         if committed {
             stats.groups.fetch_add(1, Ordering::Relaxed);
             stats
@@ -1524,7 +1612,19 @@ fn add_spend(
             "spend of token {token_id} would go negative; refusing the write"
         )));
     }
+    WRITER_SPEND.with(|board| {
+        if let Some(board) = board.borrow().as_ref() {
+            board.publish(token_id, start, Spend { captured, pending });
+        }
+    });
     Ok(())
+}
+
+thread_local! {
+    /// On the writer thread, the board its spend changes are published to
+    /// (for the charge pre-check's cache, see `contexts`).
+    static WRITER_SPEND: std::cell::RefCell<Option<Arc<SpendBoard>>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 fn load_charge(conn: &Connection, id: &str, provider_id: Option<&str>) -> StoreResult<Charge> {
@@ -1650,6 +1750,7 @@ fn release_expired_holds_of(conn: &Connection, token_id: &str, now: UnixSecs) ->
 /// Revokes a token and every token derived from it, each with an event and
 /// an audit record.
 fn revoke_with_descendants(conn: &Connection, token_id: &str, now: UnixSecs) -> StoreResult<()> {
+    forget_after_commit(|f| f.contexts = true);
     let ids = conn
         .prepare_cached(
             "WITH RECURSIVE family(id) AS (
@@ -1824,13 +1925,13 @@ impl Store for SqliteStore {
     }
 
     async fn resolve_secret(&self, hash: SecretHash) -> StoreResult<Option<Principal>> {
-        if let Some(p) = self.auth.get(&hash) {
+        if let Some(p) = self.caches.auth.get(&hash) {
             return Ok(Some(p));
         }
-        let generation = self.auth.generation.load(Ordering::Acquire);
+        let generation = self.caches.auth.generation.load(Ordering::Acquire);
         let found = self.resolve_secret_uncached(hash).await?;
         if let Some(p) = &found {
-            self.auth.insert(hash, p.clone(), generation);
+            self.caches.auth.insert(hash, p.clone(), generation);
         }
         Ok(found)
     }
@@ -2004,9 +2105,12 @@ impl Store for SqliteStore {
         idem: Option<IdemWrite<Credential>>,
     ) -> StoreResult<Credential> {
         let id = id.to_owned();
-        let owner = id.clone();
-        let result = self.write(
+        self.write(
             move |conn| {
+                forget_after_commit(|f| {
+                    f.secrets_of.push(id.clone());
+                    f.contexts = true;
+                });
                 // One row, whatever number of tokens hang under it: every
                 // token's standing reads its credential's `active`.
                 let changed = conn
@@ -2037,10 +2141,7 @@ impl Store for SqliteStore {
             },
             idem,
         )
-        .await;
-        // After the commit: the old secret stops working at once.
-        self.auth.forget(&owner);
-        result
+        .await
     }
 
     async fn create_provider(
@@ -2104,39 +2205,35 @@ impl Store for SqliteStore {
         idem: Option<IdemWrite<Provider>>,
     ) -> StoreResult<Provider> {
         let id = id.to_owned();
-        let owner = id.clone();
-        let result = self
-            .write(
-                move |conn| {
-                    let provider = conn
-                        .prepare_cached(&format!(
-                            "SELECT {PROVIDER_COLS} FROM providers WHERE id = ?1"
-                        ))?
-                        .query_row([&id], provider_row)
-                        .optional()?
-                        .ok_or_else(|| not_found("provider", &id))?;
-                    conn.prepare_cached(
-                        "DELETE FROM api_secrets WHERE object_id = ?1 AND role = 'provider'",
-                    )?
-                    .execute([&id])?;
-                    conn.prepare_cached(
+        self.write(
+            move |conn| {
+                forget_after_commit(|f| f.secrets_of.push(id.clone()));
+                let provider = conn
+                    .prepare_cached(&format!(
+                        "SELECT {PROVIDER_COLS} FROM providers WHERE id = ?1"
+                    ))?
+                    .query_row([&id], provider_row)
+                    .optional()?
+                    .ok_or_else(|| not_found("provider", &id))?;
+                conn.prepare_cached(
+                    "DELETE FROM api_secrets WHERE object_id = ?1 AND role = 'provider'",
+                )?
+                .execute([&id])?;
+                conn.prepare_cached(
                     "INSERT INTO api_secrets (hash, role, object_id) VALUES (?1, 'provider', ?2)",
                 )?
                 .execute(params![&secret.0[..], id])?;
-                    outbox::audit_ok(
-                        conn,
-                        "provider.secret_rolled",
-                        &provider.id,
-                        crate::clock::system_now(),
-                    )?;
-                    Ok(provider)
-                },
-                idem,
-            )
-            .await;
-        // After the commit: the old secret stops working at once.
-        self.auth.forget(&owner);
-        result
+                outbox::audit_ok(
+                    conn,
+                    "provider.secret_rolled",
+                    &provider.id,
+                    crate::clock::system_now(),
+                )?;
+                Ok(provider)
+            },
+            idem,
+        )
+        .await
     }
 
     async fn create_payment_method(
@@ -2235,6 +2332,7 @@ impl Store for SqliteStore {
                     Some(pm) if customer_id.as_ref().is_none_or(|c| *c == pm.customer_id) => pm,
                     _ => return Err(not_found("payment_method", &id)),
                 };
+                forget_after_commit(|f| f.contexts = true);
                 // One row: every token on this method reads its `active`.
                 conn.prepare_cached(
                     "UPDATE payment_methods SET active = 0, detached_at = ?2 WHERE id = ?1 AND active = 1",
@@ -2418,6 +2516,7 @@ impl Store for SqliteStore {
                     Some(row) if customer_id.as_ref().is_none_or(|c| *c == row.token.customer_id) => row,
                     _ => return Err(not_found("payment_token", &id)),
                 };
+                forget_after_commit(|f| f.contexts = true);
                 let current = token::effective_status(row.standing, row.token.expires_at, now);
                 match change {
                     TokenChange::Revoke => revoke_with_descendants(conn, &id, now)?,
@@ -2457,7 +2556,19 @@ impl Store for SqliteStore {
         token: SecretHash,
         now: UnixSecs,
     ) -> StoreResult<Option<ChargeContext>> {
-        self.read_unsynced(move |conn| {
+        if let Some(context) = self.caches.contexts.get(&token, now) {
+            return Ok(Some(context));
+        }
+        self.charge_context_uncached(token, now).await
+    }
+
+    async fn charge_context_uncached(
+        &self,
+        token: SecretHash,
+        now: UnixSecs,
+    ) -> StoreResult<Option<ChargeContext>> {
+        let generation = self.caches.contexts.generation();
+        let read = self.read_unsynced(move |conn| {
             // The token by its secret, with its first link and its card, in
             // one statement; then its ancestors, if it has any.
             let found = conn
@@ -2483,15 +2594,24 @@ impl Store for SqliteStore {
             let Some((row, token_id, payment_method_id, sealed_number)) = found else {
                 return Ok(None);
             };
+            let mut link_ids = vec![token_id.clone()];
             let (first, parent) = settled_link(conn, &token_id, row, now)?;
-            let chain = chain_from(conn, &token_id, vec![first], &mut Vec::new(), parent, now)?;
-            Ok(Some(ChargeContext {
+            let chain = chain_from(conn, &token_id, vec![first], &mut link_ids, parent, now)?;
+            let context = ChargeContext {
                 token_id,
                 payment_method_id,
                 sealed_number,
                 chain,
-            }))
-        })
+                cached: false,
+            };
+            Ok(Some((context, link_ids)))
+        })?;
+        Ok(read.map(|(context, link_ids)| {
+            self.caches
+                .contexts
+                .insert(token, &context, link_ids, generation, now);
+            context
+        }))
     }
 
     async fn revoke_token_for_misuse(
@@ -3498,6 +3618,85 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("newer than this binary"), "{err}");
+    }
+
+    /// Migration 5 rebuilds the ledger's tables: every transaction and
+    /// entry survives it, the entries numbered in the order they were
+    /// posted, and the ledger still verifies.
+    #[tokio::test]
+    async fn migrating_the_ledger_keeps_every_transaction_and_entry_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied INTEGER NOT NULL)",
+            )
+            .unwrap();
+            for (i, sql) in MIGRATIONS[..4].iter().enumerate() {
+                conn.execute_batch(sql).unwrap();
+                conn.execute(
+                    "INSERT INTO schema_migrations (version, applied) VALUES (?1, 0)",
+                    [i + 1],
+                )
+                .unwrap();
+            }
+            conn.execute_batch(
+                "INSERT INTO ledger_transactions (seq, id, kind, status, reference, provider_id, currency, created)
+                 VALUES (7, 'ltx_a', 'capture', 'posted', 'ch_a', 'prov_1', 'usd', 100),
+                        (9, 'ltx_b', 'capture', 'posted', 'ch_b', 'prov_1', 'usd', 200);
+                 INSERT INTO ledger_entries (transaction_seq, account, amount) VALUES
+                     (9, 'card_network', -500), (7, 'card_network', -1000),
+                     (7, 'provider:prov_1:pending', 941), (9, 'provider:prov_1:pending', 470),
+                     (7, 'fees', 59), (9, 'fees', 30);
+                 INSERT INTO ledger_balances (account, currency, posted, pending) VALUES
+                     ('card_network', 'usd', -1500, 0),
+                     ('provider:prov_1:pending', 'usd', 1411, 0),
+                     ('fees', 'usd', 89, 0);",
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path, LedgerConfig::default()).unwrap();
+        let v = store.verify_ledger().await.unwrap();
+        assert_eq!((v.transactions, v.entries), (2, 6), "{v:?}");
+        assert!(v.unbalanced_transactions.is_empty(), "{v:?}");
+        assert!(v.balance_mismatches.is_empty(), "{v:?}");
+        drop(store);
+        let conn = Connection::open(&path).unwrap();
+        let rows: Vec<(i64, i64, String, i64)> = conn
+            .prepare("SELECT transaction_seq, line, account, amount FROM ledger_entries")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        let expected = [
+            (7, 1, "card_network", -1000),
+            (7, 2, "provider:prov_1:pending", 941),
+            (7, 3, "fees", 59),
+            (9, 1, "card_network", -500),
+            (9, 2, "provider:prov_1:pending", 470),
+            (9, 3, "fees", 30),
+        ];
+        let expected: Vec<(i64, i64, String, i64)> = expected
+            .iter()
+            .map(|&(t, l, a, m)| (t, l, a.to_owned(), m))
+            .collect();
+        assert_eq!(rows, expected);
+        let ids: Vec<(i64, String, String)> = conn
+            .prepare("SELECT seq, id, reference FROM ledger_transactions ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(
+            ids,
+            [
+                (7, "ltx_a".to_owned(), "ch_a".to_owned()),
+                (9, "ltx_b".to_owned(), "ch_b".to_owned())
+            ]
+        );
     }
 
     #[tokio::test]

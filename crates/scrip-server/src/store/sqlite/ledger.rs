@@ -100,9 +100,9 @@ impl PostingSql {
     fn new(n: usize) -> PostingSql {
         PostingSql {
             entries: rows_sql(
-                "INSERT INTO ledger_entries (transaction_seq, account, amount) VALUES ",
+                "INSERT INTO ledger_entries (transaction_seq, line, account, amount) VALUES ",
                 n,
-                |i| format!("(?1, ?{}, ?{})", 2 + 2 * i, 3 + 2 * i),
+                |i| format!("(?1, {}, ?{}, ?{})", i + 1, 2 + 2 * i, 3 + 2 * i),
                 "",
             ),
             balances: rows_sql(
