@@ -117,6 +117,7 @@ cases![
     holds_expire_through_upkeep,
     settlement_and_payouts_through_upkeep,
     events_and_deliveries,
+    endpoints_see_the_events_after_each_change,
     concurrent_claims_never_share_a_delivery,
     a_long_backlog_does_not_starve_other_endpoints,
     audit_chain_stays_linear_under_concurrency,
@@ -1569,6 +1570,77 @@ mod cases {
             "{v:?}"
         );
         assert_audit_valid(s).await;
+    }
+
+    /// An endpoint added, changed or deleted is what the very next event
+    /// goes to (the embedded store's writer keeps each party's endpoints).
+    pub async fn endpoints_see_the_events_after_each_change(s: Shared) {
+        let s = s.as_ref();
+        let fx = fixture(s).await;
+        let owner = Owner::Provider(fx.provider.clone());
+        let (token, _) = issue(s, &fx, Issue::default()).await;
+        charge(s, &fx, &token, 100, true).await;
+        let endpoint = WebhookEndpoint {
+            id: new_id("we"),
+            owner: owner.clone(),
+            url: "http://127.0.0.1:9/hook".into(),
+            enabled_events: vec!["charge.succeeded".into()],
+            description: None,
+            status: "enabled".into(),
+            created: NOW,
+        };
+        let sealed_secret = Sealed {
+            key_id: "dk_test".into(),
+            nonce: vec![4; 12],
+            ciphertext: vec![5; 40],
+        };
+        s.create_webhook_endpoint(
+            NewWebhookEndpoint {
+                endpoint: endpoint.clone(),
+                sealed_secret,
+            },
+            None,
+        )
+        .await
+        .unwrap();
+        let delivered = || async {
+            s.deliveries(&endpoint.id, Some(owner.clone()), page(100))
+                .await
+                .unwrap()
+                .data
+                .len()
+        };
+        assert_eq!(delivered().await, 0, "events before it are not sent");
+        charge(s, &fx, &token, 100, true).await;
+        assert_eq!(delivered().await, 1, "added: the next charge goes to it");
+        s.update_webhook_endpoint(
+            &endpoint.id,
+            Some(owner.clone()),
+            EndpointUpdate {
+                enabled_events: Some(vec!["charge.refunded".into()]),
+                ..EndpointUpdate::default()
+            },
+            NOW,
+            None,
+        )
+        .await
+        .unwrap();
+        charge(s, &fx, &token, 100, true).await;
+        assert_eq!(delivered().await, 1, "changed: it no longer wants charges");
+        s.update_webhook_endpoint(
+            &endpoint.id,
+            Some(owner.clone()),
+            EndpointUpdate {
+                enabled_events: Some(vec!["*".into()]),
+                ..EndpointUpdate::default()
+            },
+            NOW,
+            None,
+        )
+        .await
+        .unwrap();
+        charge(s, &fx, &token, 100, true).await;
+        assert_eq!(delivered().await, 2, "changed back");
     }
 
     pub async fn events_and_deliveries(s: Shared) {

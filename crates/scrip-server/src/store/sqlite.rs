@@ -25,6 +25,15 @@ use scrip_core::token::{
 use scrip_core::UnixSecs;
 use tokio::sync::oneshot;
 
+/// A statement's text built from the column lists once, at its first use
+/// (a `format!` on every call was an allocation per statement).
+macro_rules! sql {
+    ($($arg:tt)*) => {{
+        static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| format!($($arg)*));
+        SQL.as_str()
+    }};
+}
+
 mod contexts;
 mod ledger;
 mod outbox;
@@ -444,6 +453,7 @@ impl SqliteStore {
             .name("scrip-sqlite-writer".into())
             .spawn(move || {
                 WRITER_SPEND.with(|board| *board.borrow_mut() = Some(spend));
+                outbox::keep_on_this_thread();
                 writer_loop(
                     writer,
                     queue,
@@ -777,6 +787,7 @@ fn writer_loop(
                 operations = group.operations,
                 "group commit failed; rolling back"
             );
+            outbox::forget_kept();
             let _ = conn.execute_batch("ROLLBACK");
         }
         // Whether it committed or not, nothing the caches hold as changed
@@ -840,6 +851,7 @@ fn run_wave(conn: &Connection, wave: Vec<Job>, group: &mut Group, stats: &Writer
         group.rerunnable.extend(rerunnable);
         if !ok {
             stats.reruns.fetch_add(1, Ordering::Relaxed);
+            outbox::forget_kept();
             let again = (conn.is_autocommit() || conn.execute_batch("ROLLBACK").is_ok())
                 && conn.execute_batch("BEGIN IMMEDIATE").is_ok();
             if again {
@@ -858,6 +870,7 @@ fn run_wave(conn: &Connection, wave: Vec<Job>, group: &mut Group, stats: &Writer
         let mut ok = savepoint("SAVEPOINT wave").is_ok();
         if ok && !run_optimistically(conn, &mut rerunnable) {
             stats.reruns.fetch_add(1, Ordering::Relaxed);
+            outbox::forget_kept();
             ok = !conn.is_autocommit() && savepoint("ROLLBACK TO wave").is_ok();
             if ok {
                 run_each_alone(conn, &mut rerunnable);
@@ -1062,6 +1075,7 @@ fn in_savepoint<T>(
             Ok(v)
         }
         Err(e) => {
+            outbox::forget_kept();
             conn.execute_batch("ROLLBACK TO op; RELEASE op")?;
             Err(e)
         }
@@ -1366,7 +1380,7 @@ fn page<T>(
 
 fn load_token(conn: &Connection, id: &str) -> StoreResult<Option<TokenRow>> {
     Ok(conn
-        .prepare_cached(&format!(
+        .prepare_cached(sql!(
             "SELECT {TOKEN_COLS} FROM {TOKEN_FROM} WHERE t.id = ?1"
         ))?
         .query_row([id], token_row)
@@ -1473,7 +1487,7 @@ struct ChargeChain {
 /// clock was set back, is looked up exactly).
 fn charge_chain(conn: &Connection, token_id: &str, now: UnixSecs) -> StoreResult<ChargeChain> {
     let found = conn
-        .prepare_cached(&format!(
+        .prepare_cached(sql!(
             "SELECT {LINK_COLS}, t.customer_id, pm.id, pm.brand, pm.last4
              FROM tokens t {LINK_JOINS} WHERE t.id = ?1"
         ))?
@@ -1518,7 +1532,7 @@ fn chain_from(
     mut next: Option<String>,
     now: UnixSecs,
 ) -> StoreResult<Vec<Link>> {
-    let mut stmt = conn.prepare_cached(&format!(
+    let mut stmt = conn.prepare_cached(sql!(
         "SELECT {LINK_COLS} FROM tokens t {LINK_JOINS} WHERE t.id = ?1"
     ))?;
     while let Some(id) = next.take() {
@@ -1629,7 +1643,7 @@ thread_local! {
 
 fn load_charge(conn: &Connection, id: &str, provider_id: Option<&str>) -> StoreResult<Charge> {
     let charge = conn
-        .prepare_cached(&format!("SELECT {CHARGE_COLS} FROM charges WHERE id = ?1"))?
+        .prepare_cached(sql!("SELECT {CHARGE_COLS} FROM charges WHERE id = ?1"))?
         .query_row([id], charge_row)
         .optional()?;
     match charge {
@@ -1735,7 +1749,7 @@ fn emit_token(conn: &Connection, kind: &str, token_id: &str, now: UnixSecs) -> S
 
 fn release_expired_holds_of(conn: &Connection, token_id: &str, now: UnixSecs) -> StoreResult<()> {
     let expired = conn
-        .prepare_cached(&format!(
+        .prepare_cached(sql!(
             "SELECT {CHARGE_COLS} FROM charges INDEXED BY charges_token_holds
              WHERE token_id = ?1 AND status = 'requires_capture' AND capture_before <= ?2"
         ))?
@@ -2015,7 +2029,7 @@ impl Store for SqliteStore {
     async fn customer(&self, id: &str) -> StoreResult<Customer> {
         let id = id.to_owned();
         self.read(move |conn| {
-            conn.prepare_cached(&format!(
+            conn.prepare_cached(sql!(
                 "SELECT {CUSTOMER_COLS} FROM customers WHERE id = ?1"
             ))?
             .query_row([&id], customer_row)
@@ -2074,7 +2088,7 @@ impl Store for SqliteStore {
     async fn credential(&self, id: &str) -> StoreResult<Credential> {
         let id = id.to_owned();
         self.read(move |conn| {
-            conn.prepare_cached(&format!(
+            conn.prepare_cached(sql!(
                 "SELECT {CREDENTIAL_COLS} FROM credentials WHERE id = ?1"
             ))?
             .query_row([&id], credential_row)
@@ -2121,7 +2135,7 @@ impl Store for SqliteStore {
                 conn.prepare_cached("DELETE FROM api_secrets WHERE object_id = ?1 AND role = 'orchestrator'")?
                     .execute([&id])?;
                 let credential = conn
-                    .prepare_cached(&format!("SELECT {CREDENTIAL_COLS} FROM credentials WHERE id = ?1"))?
+                    .prepare_cached(sql!("SELECT {CREDENTIAL_COLS} FROM credentials WHERE id = ?1"))?
                     .query_row([&id], credential_row)
                     .optional()?
                     .ok_or_else(|| not_found("credential", &id))?;
@@ -2176,7 +2190,7 @@ impl Store for SqliteStore {
     async fn provider(&self, id: &str) -> StoreResult<Provider> {
         let id = id.to_owned();
         self.read(move |conn| {
-            conn.prepare_cached(&format!(
+            conn.prepare_cached(sql!(
                 "SELECT {PROVIDER_COLS} FROM providers WHERE id = ?1"
             ))?
             .query_row([&id], provider_row)
@@ -2209,7 +2223,7 @@ impl Store for SqliteStore {
             move |conn| {
                 forget_after_commit(|f| f.secrets_of.push(id.clone()));
                 let provider = conn
-                    .prepare_cached(&format!(
+                    .prepare_cached(sql!(
                         "SELECT {PROVIDER_COLS} FROM providers WHERE id = ?1"
                     ))?
                     .query_row([&id], provider_row)
@@ -2286,7 +2300,7 @@ impl Store for SqliteStore {
         let customer_id = customer_id.map(str::to_owned);
         self.read(move |conn| {
             let pm = conn
-                .prepare_cached(&format!(
+                .prepare_cached(sql!(
                     "SELECT {PM_COLS} FROM payment_methods WHERE id = ?1"
                 ))?
                 .query_row([&id], pm_row)
@@ -2325,7 +2339,7 @@ impl Store for SqliteStore {
         self.write(
             move |conn| {
                 let pm = conn
-                    .prepare_cached(&format!("SELECT {PM_COLS} FROM payment_methods WHERE id = ?1"))?
+                    .prepare_cached(sql!("SELECT {PM_COLS} FROM payment_methods WHERE id = ?1"))?
                     .query_row([&id], pm_row)
                     .optional()?;
                 let mut pm = match pm {
@@ -2572,7 +2586,7 @@ impl Store for SqliteStore {
             // The token by its secret, with its first link and its card, in
             // one statement; then its ancestors, if it has any.
             let found = conn
-                .prepare_cached(&format!(
+                .prepare_cached(sql!(
                     "SELECT {LINK_COLS}, t.id, pm.id, pm.key_id, pm.nonce, pm.ciphertext
                      FROM api_secrets a JOIN tokens t ON t.id = a.object_id {LINK_JOINS}
                      WHERE a.hash = ?1 AND a.role = 'token'"
@@ -2984,7 +2998,7 @@ impl Store for SqliteStore {
         let provider_id = provider_id.map(str::to_owned);
         self.read(move |conn| {
             let refund = conn
-                .prepare_cached(&format!("SELECT {REFUND_COLS} FROM refunds WHERE id = ?1"))?
+                .prepare_cached(sql!("SELECT {REFUND_COLS} FROM refunds WHERE id = ?1"))?
                 .query_row([&id], refund_row)
                 .optional()?;
             match refund {
@@ -3017,7 +3031,7 @@ impl Store for SqliteStore {
         self.write(
             move |conn| {
                 let expired = conn
-                    .prepare_cached(&format!(
+                    .prepare_cached(sql!(
                         "SELECT {CHARGE_COLS} FROM charges
                          WHERE status = 'requires_capture' AND capture_before <= ?1 LIMIT ?2"
                     ))?
@@ -3071,7 +3085,7 @@ impl Store for SqliteStore {
         let provider_id = provider_id.map(str::to_owned);
         self.read(move |conn| {
             let payout = conn
-                .prepare_cached(&format!(
+                .prepare_cached(sql!(
                     "SELECT {} FROM payouts WHERE id = ?1",
                     ledger::PAYOUT_COLS
                 ))?
@@ -3115,7 +3129,7 @@ impl Store for SqliteStore {
     async fn event(&self, id: &str, filter: EventFilter) -> StoreResult<Event> {
         let id = id.to_owned();
         self.read(move |conn| {
-            conn.prepare_cached(&format!(
+            conn.prepare_cached(sql!(
                 "SELECT {} FROM events WHERE id = ?1",
                 outbox::EVENT_COLS
             ))?
@@ -3220,6 +3234,7 @@ impl Store for SqliteStore {
                 if let Some(d) = update.description {
                     e.description = Some(d);
                 }
+                outbox::forget_endpoints();
                 conn.prepare_cached(
                     "UPDATE webhook_endpoints SET url = ?2, enabled_events = ?3, description = ?4 WHERE id = ?1",
                 )?
@@ -3247,6 +3262,7 @@ impl Store for SqliteStore {
         self.write(
             move |conn| {
                 let e = outbox::load_endpoint(conn, &id, owner.as_ref())?;
+                outbox::forget_endpoints();
                 conn.prepare_cached("UPDATE webhook_endpoints SET deleted = 1 WHERE id = ?1")?
                     .execute([&e.id])?;
                 // Nothing more goes to a deleted endpoint.
@@ -3618,6 +3634,29 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("newer than this binary"), "{err}");
+    }
+
+    /// The writer keeps the audit log's head between operations: an
+    /// operation that wrote an audit record and then failed is rolled back,
+    /// and the next record chains to the one before it.
+    #[tokio::test]
+    async fn an_audit_record_rolled_back_with_its_operation_is_not_chained_to() {
+        let (_dir, store) = fresh_store();
+        store
+            .create_customer(customer("cus_1"), None)
+            .await
+            .unwrap();
+        // Audits the attempt, then fails on the unknown token.
+        assert!(store
+            .revoke_token_for_misuse("pt_missing", "prov_1", 1)
+            .await
+            .is_err());
+        store
+            .create_customer(customer("cus_2"), None)
+            .await
+            .unwrap();
+        let v = store.verify_audit().await.unwrap();
+        assert_eq!((v.records, v.first_broken), (2, None), "{v:?}");
     }
 
     /// Migration 5 rebuilds the ledger's tables: every transaction and

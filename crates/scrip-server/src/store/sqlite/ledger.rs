@@ -456,7 +456,7 @@ pub(super) fn create_payout(
 /// Marks payouts whose arrival date has come as paid.
 pub(super) fn complete_payouts(conn: &Connection, now: UnixSecs) -> StoreResult<usize> {
     let arrived = conn
-        .prepare_cached(&format!(
+        .prepare_cached(sql!(
             "SELECT {PAYOUT_COLS} FROM payouts WHERE status = 'in_transit' AND arrival_date <= ?1 LIMIT ?2"
         ))?
         .query_map(params![now, limits::UPKEEP_BATCH_MAX as i64], payout_row)?

@@ -4,6 +4,8 @@
 //! hash-chained audit log.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
 
 use super::super::common::audit_hash;
 use super::super::model::*;
@@ -18,6 +20,51 @@ thread_local! {
     /// from the request that queued it.
     static IDENTITY: RefCell<(String, Option<String>)> =
         RefCell::new((crate::context::SYSTEM_ACTOR.to_owned(), None));
+    /// On the writer thread only: what it has written and will read again,
+    /// so that the next operation does not.
+    static KEPT: RefCell<Option<Kept>> = const { RefCell::new(None) };
+}
+
+/// What the writer keeps of the outbox between operations: the audit
+/// log's head, and the webhook endpoints of the parties it has written
+/// events for. Only what the transaction holds: forgotten whenever
+/// anything is rolled back (`forget_kept`), and the endpoints whenever one
+/// is added, changed or deleted.
+#[derive(Default)]
+struct Kept {
+    audit_head: Option<(i64, [u8; 32])>,
+    endpoints: HashMap<(Option<String>, Option<String>), Rc<[EndpointWanting]>>,
+}
+
+/// An endpoint an event may be delivered to: id, the event types it
+/// wants, its owner's kind and id.
+type EndpointWanting = (String, Vec<String>, String, String);
+
+/// Parties whose endpoints the writer keeps before it starts over.
+const KEPT_PARTIES_MAX: usize = 10_000;
+
+/// Called once on the writer thread: from then on it keeps what it wrote
+/// of the outbox (see [`Kept`]).
+pub(super) fn keep_on_this_thread() {
+    KEPT.with(|k| *k.borrow_mut() = Some(Kept::default()));
+}
+
+/// After a rollback (of an operation, a wave or a group): what the writer
+/// kept may be newer than the database.
+pub(super) fn forget_kept() {
+    KEPT.with(|k| {
+        if let Some(kept) = k.borrow_mut().as_mut() {
+            *kept = Kept::default();
+        }
+    });
+}
+
+pub(super) fn forget_endpoints() {
+    KEPT.with(|k| {
+        if let Some(kept) = k.borrow_mut().as_mut() {
+            kept.endpoints.clear();
+        }
+    });
 }
 
 /// Runs `f` with `identity` as the audit log's actor and request.
@@ -42,16 +89,21 @@ pub(super) fn audit(
     now: i64,
 ) -> StoreResult<()> {
     let (actor, request_id) = identity();
-    let last: Option<(i64, Vec<u8>)> = conn
-        .prepare_cached("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")?
-        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
-    let (seq, prev_hash) = match last {
-        Some((seq, hash)) => (
-            seq + 1,
-            <[u8; 32]>::try_from(hash.as_slice())
-                .map_err(|_| StoreError::Database("a damaged audit hash".into()))?,
-        ),
+    let head = match KEPT.with(|k| k.borrow().as_ref().and_then(|kept| kept.audit_head)) {
+        Some(head) => Some(head),
+        None => conn
+            .prepare_cached("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")?
+            .query_row([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))
+            .optional()?
+            .map(|(seq, hash)| {
+                <[u8; 32]>::try_from(hash.as_slice())
+                    .map(|hash| (seq, hash))
+                    .map_err(|_| StoreError::Database("a damaged audit hash".into()))
+            })
+            .transpose()?,
+    };
+    let (seq, prev_hash) = match head {
+        Some((seq, hash)) => (seq + 1, hash),
         None => (1, [0u8; 32]),
     };
     let mut record = AuditRecord {
@@ -85,6 +137,11 @@ pub(super) fn audit(
         &record.prev_hash[..],
         &record.hash[..]
     ])?;
+    KEPT.with(|k| {
+        if let Some(kept) = k.borrow_mut().as_mut() {
+            kept.audit_head = Some((record.seq, record.hash));
+        }
+    });
     Ok(())
 }
 
@@ -188,6 +245,50 @@ pub(super) fn emit(
     Ok(())
 }
 
+/// The live endpoints of a customer and a provider, as the writer keeps
+/// them or from the database.
+fn endpoints_of(
+    conn: &Connection,
+    customer_id: Option<&str>,
+    provider_id: Option<&str>,
+) -> StoreResult<Rc<[EndpointWanting]>> {
+    let key = (customer_id.map(str::to_owned), provider_id.map(str::to_owned));
+    let kept = KEPT.with(|k| {
+        k.borrow()
+            .as_ref()
+            .and_then(|kept| kept.endpoints.get(&key).cloned())
+    });
+    if let Some(endpoints) = kept {
+        return Ok(endpoints);
+    }
+    let endpoints: Rc<[EndpointWanting]> = conn
+        .prepare_cached(
+            "SELECT id, enabled_events, owner_kind, owner_id FROM webhook_endpoints
+             WHERE deleted = 0 AND ((owner_kind = 'customer' AND owner_id = ?1)
+                                 OR (owner_kind = 'provider' AND owner_id = ?2))",
+        )?
+        .query_map(params![customer_id, provider_id], |r| {
+            let enabled: String = r.get(1)?;
+            Ok((
+                r.get::<_, String>(0)?,
+                serde_json::from_str(&enabled).unwrap_or_default(),
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?
+        .into();
+    KEPT.with(|k| {
+        if let Some(kept) = k.borrow_mut().as_mut() {
+            if kept.endpoints.len() >= KEPT_PARTIES_MAX {
+                kept.endpoints.clear();
+            }
+            kept.endpoints.insert(key, endpoints.clone());
+        }
+    });
+    Ok(endpoints)
+}
+
 /// Queues deliveries of one event to the endpoints that want it — all of
 /// the parties' endpoints, or only `only_owner`'s (a resend).
 fn queue_deliveries(
@@ -198,29 +299,14 @@ fn queue_deliveries(
     provider_id: Option<&str>,
     only_owner: Option<&Owner>,
 ) -> StoreResult<usize> {
-    let endpoints = conn
-        .prepare_cached(
-            "SELECT id, enabled_events, owner_kind, owner_id FROM webhook_endpoints
-             WHERE deleted = 0 AND ((owner_kind = 'customer' AND owner_id = ?1)
-                                 OR (owner_kind = 'provider' AND owner_id = ?2))",
-        )?
-        .query_map(params![customer_id, provider_id], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-            ))
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let endpoints = endpoints_of(conn, customer_id, provider_id)?;
     let real_now = crate::clock::system_now();
     let mut queued = 0;
-    for (endpoint_id, enabled, owner_kind, owner_id) in endpoints {
+    for (endpoint_id, enabled, owner_kind, owner_id) in endpoints.iter() {
         if only_owner.is_some_and(|o| o.kind() != owner_kind || o.id() != owner_id) {
             continue;
         }
-        let enabled: Vec<String> = serde_json::from_str(&enabled).unwrap_or_default();
-        if !scrip_core::webhook::wants(&enabled, kind) {
+        if !scrip_core::webhook::wants(enabled, kind) {
             continue;
         }
         // A resend re-arms an existing delivery rather than adding one.
@@ -276,7 +362,7 @@ pub(super) fn resend(
     owner: Option<&Owner>,
 ) -> StoreResult<usize> {
     let e = conn
-        .prepare_cached(&format!("SELECT {EVENT_COLS} FROM events WHERE id = ?1"))?
+        .prepare_cached(sql!("SELECT {EVENT_COLS} FROM events WHERE id = ?1"))?
         .query_row([event_id], event_row)
         .optional()?
         .filter(|e| visible(e, filter))
@@ -319,7 +405,7 @@ pub(super) fn load_endpoint(
     owner: Option<&Owner>,
 ) -> StoreResult<WebhookEndpoint> {
     let e = conn
-        .prepare_cached(&format!(
+        .prepare_cached(sql!(
             "SELECT {ENDPOINT_COLS} FROM webhook_endpoints WHERE id = ?1 AND deleted = 0"
         ))?
         .query_row([id], endpoint_row)
@@ -331,6 +417,7 @@ pub(super) fn load_endpoint(
 }
 
 pub(super) fn insert_endpoint(conn: &Connection, new: &NewWebhookEndpoint) -> StoreResult<()> {
+    forget_endpoints();
     let e = &new.endpoint;
     conn.prepare_cached(
         "INSERT INTO webhook_endpoints (id, owner_kind, owner_id, url, enabled_events, description, status,
