@@ -2029,12 +2029,10 @@ impl Store for SqliteStore {
     async fn customer(&self, id: &str) -> StoreResult<Customer> {
         let id = id.to_owned();
         self.read(move |conn| {
-            conn.prepare_cached(sql!(
-                "SELECT {CUSTOMER_COLS} FROM customers WHERE id = ?1"
-            ))?
-            .query_row([&id], customer_row)
-            .optional()?
-            .ok_or_else(|| not_found("customer", &id))
+            conn.prepare_cached(sql!("SELECT {CUSTOMER_COLS} FROM customers WHERE id = ?1"))?
+                .query_row([&id], customer_row)
+                .optional()?
+                .ok_or_else(|| not_found("customer", &id))
         })
         .await
     }
@@ -2190,12 +2188,10 @@ impl Store for SqliteStore {
     async fn provider(&self, id: &str) -> StoreResult<Provider> {
         let id = id.to_owned();
         self.read(move |conn| {
-            conn.prepare_cached(sql!(
-                "SELECT {PROVIDER_COLS} FROM providers WHERE id = ?1"
-            ))?
-            .query_row([&id], provider_row)
-            .optional()?
-            .ok_or_else(|| not_found("provider", &id))
+            conn.prepare_cached(sql!("SELECT {PROVIDER_COLS} FROM providers WHERE id = ?1"))?
+                .query_row([&id], provider_row)
+                .optional()?
+                .ok_or_else(|| not_found("provider", &id))
         })
         .await
     }
@@ -2223,9 +2219,7 @@ impl Store for SqliteStore {
             move |conn| {
                 forget_after_commit(|f| f.secrets_of.push(id.clone()));
                 let provider = conn
-                    .prepare_cached(sql!(
-                        "SELECT {PROVIDER_COLS} FROM providers WHERE id = ?1"
-                    ))?
+                    .prepare_cached(sql!("SELECT {PROVIDER_COLS} FROM providers WHERE id = ?1"))?
                     .query_row([&id], provider_row)
                     .optional()?
                     .ok_or_else(|| not_found("provider", &id))?;
@@ -2300,9 +2294,7 @@ impl Store for SqliteStore {
         let customer_id = customer_id.map(str::to_owned);
         self.read(move |conn| {
             let pm = conn
-                .prepare_cached(sql!(
-                    "SELECT {PM_COLS} FROM payment_methods WHERE id = ?1"
-                ))?
+                .prepare_cached(sql!("SELECT {PM_COLS} FROM payment_methods WHERE id = ?1"))?
                 .query_row([&id], pm_row)
                 .optional()?;
             match pm {

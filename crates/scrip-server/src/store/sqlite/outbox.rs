@@ -33,8 +33,11 @@ thread_local! {
 #[derive(Default)]
 struct Kept {
     audit_head: Option<(i64, [u8; 32])>,
-    endpoints: HashMap<(Option<String>, Option<String>), Rc<[EndpointWanting]>>,
+    endpoints: HashMap<Parties, Rc<[EndpointWanting]>>,
 }
+
+/// The customer and the provider an event goes to.
+type Parties = (Option<String>, Option<String>);
 
 /// An endpoint an event may be delivered to: id, the event types it
 /// wants, its owner's kind and id.
@@ -252,7 +255,10 @@ fn endpoints_of(
     customer_id: Option<&str>,
     provider_id: Option<&str>,
 ) -> StoreResult<Rc<[EndpointWanting]>> {
-    let key = (customer_id.map(str::to_owned), provider_id.map(str::to_owned));
+    let key = (
+        customer_id.map(str::to_owned),
+        provider_id.map(str::to_owned),
+    );
     let kept = KEPT.with(|k| {
         k.borrow()
             .as_ref()
