@@ -28,6 +28,7 @@ pub(crate) fn json<S: Serialize>(view: &S) -> Vec<u8> {
 }
 
 /// The customer and card a token charges.
+#[derive(Clone, Debug)]
 pub(crate) struct ChargeCard {
     pub(crate) customer_id: String,
     pub(crate) payment_method_id: String,

@@ -272,7 +272,16 @@ thread_local! {
 /// writer forgets it from the caches as soon as the group has committed,
 /// before anyone is told, and whether or not the caller still waits.
 fn forget_after_commit(mark: impl FnOnce(&mut Changed)) {
-    CHANGED.with(|changed| mark(&mut changed.borrow_mut()));
+    let contexts = CHANGED.with(|changed| {
+        let mut changed = changed.borrow_mut();
+        mark(&mut changed);
+        changed.contexts
+    });
+    if contexts {
+        // The writer's own copy goes at once: the next operation reads the
+        // change.
+        forget_writer_chains();
+    }
 }
 
 impl Caches {
@@ -454,6 +463,7 @@ impl SqliteStore {
             .spawn(move || {
                 WRITER_SPEND.with(|board| *board.borrow_mut() = Some(spend));
                 outbox::keep_on_this_thread();
+                WRITER_CHAINS.with(|kept| *kept.borrow_mut() = Some(WriterChains::default()));
                 writer_loop(
                     writer,
                     queue,
@@ -787,7 +797,7 @@ fn writer_loop(
                 operations = group.operations,
                 "group commit failed; rolling back"
             );
-            outbox::forget_kept();
+            forget_writer_state();
             let _ = conn.execute_batch("ROLLBACK");
         }
         // Whether it committed or not, nothing the caches hold as changed
@@ -851,7 +861,7 @@ fn run_wave(conn: &Connection, wave: Vec<Job>, group: &mut Group, stats: &Writer
         group.rerunnable.extend(rerunnable);
         if !ok {
             stats.reruns.fetch_add(1, Ordering::Relaxed);
-            outbox::forget_kept();
+            forget_writer_state();
             let again = (conn.is_autocommit() || conn.execute_batch("ROLLBACK").is_ok())
                 && conn.execute_batch("BEGIN IMMEDIATE").is_ok();
             if again {
@@ -870,7 +880,7 @@ fn run_wave(conn: &Connection, wave: Vec<Job>, group: &mut Group, stats: &Writer
         let mut ok = savepoint("SAVEPOINT wave").is_ok();
         if ok && !run_optimistically(conn, &mut rerunnable) {
             stats.reruns.fetch_add(1, Ordering::Relaxed);
-            outbox::forget_kept();
+            forget_writer_state();
             ok = !conn.is_autocommit() && savepoint("ROLLBACK TO wave").is_ok();
             if ok {
                 run_each_alone(conn, &mut rerunnable);
@@ -1075,7 +1085,7 @@ fn in_savepoint<T>(
             Ok(v)
         }
         Err(e) => {
-            outbox::forget_kept();
+            forget_writer_state();
             conn.execute_batch("ROLLBACK TO op; RELEASE op")?;
             Err(e)
         }
@@ -1467,6 +1477,7 @@ fn link_row(r: &Row<'_>) -> rusqlite::Result<LinkRow> {
 
 /// What the writer reads to decide a charge: the token's chain, where each
 /// link's spend sits, and the card the charge is made on.
+#[derive(Clone)]
 struct ChargeChain {
     links: Vec<Link>,
     /// `(token id, window start)` of each link, in the chain's order:
@@ -1486,6 +1497,16 @@ struct ChargeChain {
 /// means nothing spent yet in this window; a newer one, after the test
 /// clock was set back, is looked up exactly).
 fn charge_chain(conn: &Connection, token_id: &str, now: UnixSecs) -> StoreResult<ChargeChain> {
+    if let Some(chain) = kept_chain(token_id, now) {
+        return Ok(chain);
+    }
+    let chain = read_charge_chain(conn, token_id, now)?;
+    keep_chain(token_id, &chain);
+    Ok(chain)
+}
+
+/// [`charge_chain`] from the database.
+fn read_charge_chain(conn: &Connection, token_id: &str, now: UnixSecs) -> StoreResult<ChargeChain> {
     let found = conn
         .prepare_cached(sql!(
             "SELECT {LINK_COLS}, t.customer_id, pm.id, pm.brand, pm.last4
@@ -1609,7 +1630,7 @@ fn add_spend(
     start: UnixSecs,
     captured_delta: i64,
     pending_delta: i64,
-) -> StoreResult<()> {
+) -> StoreResult<Spend> {
     // Spend can never go below zero: that would be a broken invariant.
     let (captured, pending): (i64, i64) = conn
         .prepare_cached(
@@ -1626,12 +1647,126 @@ fn add_spend(
             "spend of token {token_id} would go negative; refusing the write"
         )));
     }
+    let spend = Spend { captured, pending };
     WRITER_SPEND.with(|board| {
         if let Some(board) = board.borrow().as_ref() {
-            board.publish(token_id, start, Spend { captured, pending });
+            board.publish(token_id, start, spend);
         }
     });
-    Ok(())
+    WRITER_CHAINS.with(|kept| {
+        if let Some(kept) = kept.borrow_mut().as_mut() {
+            kept.spent(token_id, start, spend);
+        }
+    });
+    Ok(spend)
+}
+
+thread_local! {
+    /// On the writer thread only: its own copy of the chains charges read
+    /// (see [`WriterChains`]).
+    static WRITER_CHAINS: std::cell::RefCell<Option<WriterChains>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// The writer's copy of what a charge decides on, so that a charge on a
+/// token charged before reads nothing. It holds only what the open
+/// transaction holds: the writer is the database's only writer, every
+/// spend change goes through [`add_spend`], which updates it with what the
+/// database returns, every change to a scope or standing marks itself
+/// (`forget_after_commit`), which forgets every chain at once, and every
+/// rollback forgets it all (`forget_writer_state`). The database has the
+/// last word on the cap: [`add_spend`] returns the stored spend, and a
+/// charge that would take it past a cap fails.
+#[derive(Default)]
+struct WriterChains {
+    /// A token's chain as read, without the spend.
+    chains: std::collections::HashMap<String, std::rc::Rc<ChargeChain>>,
+    /// Each token's spend in the latest window read or changed.
+    spend: std::collections::HashMap<String, (UnixSecs, Spend)>,
+}
+
+/// Tokens whose chain and spend the writer keeps before it starts over.
+const WRITER_CHAINS_MAX: usize = 100_000;
+
+impl WriterChains {
+    fn spent(&mut self, token_id: &str, start: UnixSecs, spend: Spend) {
+        match self.spend.get_mut(token_id) {
+            Some(slot) if slot.0 <= start => *slot = (start, spend),
+            Some(_) => {}
+            None => {
+                if self.spend.len() >= WRITER_CHAINS_MAX {
+                    self.spend.clear();
+                }
+                self.spend.insert(token_id.to_owned(), (start, spend));
+            }
+        }
+    }
+}
+
+fn kept_chain(token_id: &str, now: UnixSecs) -> Option<ChargeChain> {
+    WRITER_CHAINS.with(|kept| {
+        let kept = kept.borrow();
+        let kept = kept.as_ref()?;
+        let chain = kept.chains.get(token_id)?;
+        let mut links = chain.links.clone();
+        let mut spend_keys = Vec::with_capacity(links.len());
+        // Each link's window as of `now` (the chain may have been read in
+        // an earlier one): its spend is known only if it is that window's.
+        for (link, (id, _)) in links.iter_mut().zip(&chain.spend_keys) {
+            let start = link.scope.window(now).start;
+            link.spend = match kept.spend.get(id.as_str()) {
+                Some(&(s, spend)) if s == start => spend,
+                _ => return None,
+            };
+            spend_keys.push((id.clone(), start));
+        }
+        Some(ChargeChain {
+            links,
+            spend_keys,
+            card: chain.card.clone(),
+        })
+    })
+}
+
+fn keep_chain(token_id: &str, chain: &ChargeChain) {
+    WRITER_CHAINS.with(|kept| {
+        let mut kept = kept.borrow_mut();
+        let Some(kept) = kept.as_mut() else {
+            return;
+        };
+        for (link, (id, start)) in chain.links.iter().zip(&chain.spend_keys) {
+            match kept.spend.get(id.as_str()) {
+                // The writer's own change is at least as new as the read.
+                Some(&(s, _)) if s >= *start => {}
+                _ => kept.spent(id, *start, link.spend),
+            }
+        }
+        if kept.chains.len() >= WRITER_CHAINS_MAX {
+            kept.chains.clear();
+        }
+        kept.chains
+            .insert(token_id.to_owned(), std::rc::Rc::new(chain.clone()));
+    });
+}
+
+/// Forgets every chain the writer keeps (a scope or standing changed).
+fn forget_writer_chains() {
+    WRITER_CHAINS.with(|kept| {
+        if let Some(kept) = kept.borrow_mut().as_mut() {
+            kept.chains.clear();
+        }
+    });
+}
+
+/// After a rollback (of an operation, a wave or a group): what the writer
+/// keeps may be newer than the database.
+fn forget_writer_state() {
+    outbox::forget_kept();
+    WRITER_CHAINS.with(|kept| {
+        if let Some(kept) = kept.borrow_mut().as_mut() {
+            *kept = WriterChains::default();
+        }
+    });
 }
 
 thread_local! {
@@ -2728,8 +2863,16 @@ impl Store for SqliteStore {
                 let (amount, fee) = (charge.amount, charge.fee);
                 insert_charge(conn, &charge)?;
                 let (captured, pending) = if capture { (amount, 0) } else { (0, amount) };
-                for (id, start) in &chain.spend_keys {
-                    add_spend(conn, id, *start, captured, pending)?;
+                for ((id, start), link) in chain.spend_keys.iter().zip(&chain.links) {
+                    let stored = add_spend(conn, id, *start, captured, pending)?;
+                    // What the database now holds, against the cap: the
+                    // decision above was made on the same numbers, so this
+                    // never fails unless something is broken.
+                    if stored.captured.saturating_add(stored.pending) > link.scope.cap.get() {
+                        return Err(StoreError::Database(format!(
+                            "the spend of token {id} would pass its cap; refusing the write"
+                        )));
+                    }
                 }
                 if capture {
                     ledger::capture(
@@ -2761,6 +2904,8 @@ impl Store for SqliteStore {
                         "UPDATE tokens SET status = 'exhausted', status_changed = ?2 WHERE id = ?1 AND status = 'active'",
                     )?
                     .execute(params![charge.token_id, now])?;
+                    // Its descendants' chains hold its standing.
+                    forget_writer_chains();
                     emit_token(conn, "payment_token.exhausted", &charge.token_id, now)?;
                 }
                 Ok(charge)
