@@ -1,13 +1,17 @@
 //! Pure helpers shared by the store backends, so that both render events,
 //! hash the audit chain and map rows the same way.
 
+use std::collections::BTreeMap;
+
 use scrip_core::limits;
-use scrip_core::token::Scope;
+use scrip_core::token::{Scope, Spend};
+use scrip_core::UnixSecs;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::model::{
-    AuditRecord, Charge, ChargeStatus, Metadata, NewCharge, Principal, ReportLine, Token,
+    AuditRecord, Charge, ChargeStatus, Metadata, NewCharge, Principal, ReportLine, SpendMismatch,
+    Token,
 };
 use super::{LedgerConfig, StoreError, StoreResult};
 use crate::secrets::SecretHash;
@@ -258,5 +262,188 @@ pub(super) fn principal(
             token_id: object_id,
         }),
         _ => None,
+    }
+}
+
+/// What a charge adds to the spend of its token and of every ancestor:
+/// captured net of refunds once it succeeded, its amount as pending while
+/// it is a hold, nothing once canceled or failed.
+pub(crate) fn charge_share(
+    status: ChargeStatus,
+    amount: i64,
+    amount_captured: i64,
+    amount_refunded: i64,
+) -> Spend {
+    match status {
+        ChargeStatus::Succeeded => Spend {
+            captured: amount_captured - amount_refunded,
+            pending: 0,
+        },
+        ChargeStatus::RequiresCapture => Spend {
+            captured: 0,
+            pending: amount,
+        },
+        ChargeStatus::Canceled | ChargeStatus::Failed => Spend::default(),
+    }
+}
+
+/// A spend in one window of one token: `(token id, window start, spend)`.
+pub(crate) type WindowSpend = (String, UnixSecs, Spend);
+
+/// The ledger verification's spend check, one token at a time, so that it
+/// holds only one token's windows however many tokens and charges there
+/// are: `own` is each charge's share of its own token's spend in the
+/// window of the charge, `stored` each stored spend row, both in order of
+/// token id (bytewise); `inherited` is what charges on derived tokens add
+/// to each ancestor. Every window where what is stored differs from what
+/// the charges add up to is a mismatch (the first `max` are kept).
+pub(crate) fn spend_mismatches<E>(
+    own: impl Iterator<Item = Result<WindowSpend, E>>,
+    stored: impl Iterator<Item = Result<WindowSpend, E>>,
+    mut inherited: BTreeMap<(String, UnixSecs), Spend>,
+    max: usize,
+) -> Result<Vec<SpendMismatch>, E> {
+    let mut own = own.peekable();
+    let mut stored = stored.peekable();
+    let mut found = Vec::new();
+    loop {
+        let next_own = peeked_token(&mut own)?;
+        let next_stored = peeked_token(&mut stored)?;
+        let next_inherited = inherited.first_key_value().map(|((id, _), _)| id.clone());
+        let Some(token) = [next_own, next_stored, next_inherited]
+            .into_iter()
+            .flatten()
+            .min()
+        else {
+            return Ok(found);
+        };
+        // Window start → (computed, stored).
+        let mut windows: BTreeMap<UnixSecs, (Spend, Spend)> = BTreeMap::new();
+        while let Some((_, start, share)) = next_of(&mut own, &token)? {
+            add(&mut windows.entry(start).or_default().0, share);
+        }
+        while let Some((_, start, spend)) = next_of(&mut stored, &token)? {
+            add(&mut windows.entry(start).or_default().1, spend);
+        }
+        while let Some(entry) = inherited.first_entry() {
+            if entry.key().0 != token {
+                break;
+            }
+            let ((_, start), share) = entry.remove_entry();
+            add(&mut windows.entry(start).or_default().0, share);
+        }
+        for (start, (computed, stored)) in windows {
+            if computed != stored && found.len() < max {
+                found.push(SpendMismatch {
+                    token_id: token.clone(),
+                    period_start: start,
+                    stored,
+                    computed,
+                });
+            }
+        }
+    }
+}
+
+fn add(to: &mut Spend, share: Spend) {
+    to.captured += share.captured;
+    to.pending += share.pending;
+}
+
+/// The token id of the next item, or the error the stream stopped on.
+fn peeked_token<E>(
+    items: &mut std::iter::Peekable<impl Iterator<Item = Result<WindowSpend, E>>>,
+) -> Result<Option<String>, E> {
+    match items.peek() {
+        None => Ok(None),
+        Some(Ok((id, _, _))) => Ok(Some(id.clone())),
+        Some(Err(_)) => match items.next() {
+            Some(Err(e)) => Err(e),
+            _ => Ok(None),
+        },
+    }
+}
+
+/// The next item if it is `token`'s.
+fn next_of<E>(
+    items: &mut std::iter::Peekable<impl Iterator<Item = Result<WindowSpend, E>>>,
+    token: &str,
+) -> Result<Option<WindowSpend>, E> {
+    match items.peek() {
+        Some(Ok((id, _, _))) if id == token => items.next().transpose(),
+        Some(Err(_)) => items.next().transpose(),
+        _ => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spend(captured: i64, pending: i64) -> Spend {
+        Spend { captured, pending }
+    }
+
+    fn rows(items: &[(&str, UnixSecs, i64, i64)]) -> Vec<Result<WindowSpend, String>> {
+        items
+            .iter()
+            .map(|&(id, start, c, p)| Ok((id.to_owned(), start, spend(c, p))))
+            .collect()
+    }
+
+    #[test]
+    fn spends_that_add_up_are_no_mismatch_and_each_window_that_does_not_is_one() {
+        let own = rows(&[
+            ("pt_a", 100, 5, 0),
+            ("pt_a", 100, 7, 0),
+            ("pt_a", 200, 0, 3),
+            ("pt_c", 100, 1, 0),
+        ]);
+        let stored = rows(&[
+            ("pt_a", 100, 12, 0),
+            ("pt_a", 200, 0, 4),
+            // Spend with no charge behind it.
+            ("pt_b", 100, 9, 0),
+            ("pt_c", 100, 1, 0),
+        ]);
+        // A child's charges count for pt_c, and for pt_d, which has no
+        // stored spend and no charge of its own.
+        let inherited = BTreeMap::from([
+            (("pt_c".to_owned(), 100), spend(0, 0)),
+            (("pt_d".to_owned(), 300), spend(2, 0)),
+        ]);
+        let found = spend_mismatches(own.into_iter(), stored.into_iter(), inherited, 100).unwrap();
+        let found: Vec<_> = found
+            .iter()
+            .map(|m| (m.token_id.as_str(), m.period_start, m.stored, m.computed))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("pt_a", 200, spend(0, 4), spend(0, 3)),
+                ("pt_b", 100, spend(9, 0), spend(0, 0)),
+                ("pt_d", 300, spend(0, 0), spend(2, 0)),
+            ]
+        );
+    }
+
+    #[test]
+    fn mismatches_are_capped_and_a_read_error_stops_the_check() {
+        let stored = rows(&[("pt_a", 1, 1, 0), ("pt_b", 1, 1, 0), ("pt_c", 1, 1, 0)]);
+        let found = spend_mismatches(
+            Vec::new().into_iter(),
+            stored.into_iter(),
+            BTreeMap::new(),
+            2,
+        )
+        .unwrap();
+        assert_eq!(found.len(), 2);
+        let mut own = rows(&[("pt_a", 1, 1, 0)]);
+        own.push(Err("disk on fire".to_owned()));
+        let stored = rows(&[("pt_a", 1, 1, 0)]);
+        assert_eq!(
+            spend_mismatches(own.into_iter(), stored.into_iter(), BTreeMap::new(), 100),
+            Err("disk on fire".to_owned())
+        );
     }
 }

@@ -351,3 +351,73 @@ async fn tampering_with_a_balance_is_detected() {
     assert_eq!(v["balance_mismatches"][0]["account"], "fees");
     assert_eq!(v["spend_mismatches"].as_array().unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn verification_counts_a_derived_tokens_charges_for_each_ancestor() {
+    let w = World::new().await;
+    let (parent_id, parent) = w
+        .token(json!({ "cap": { "amount": 100_000, "period": "month" } }))
+        .await;
+    let (other_id, other) = w.token(json!({})).await;
+    let child = w
+        .app
+        .post(
+            "/v1/tokens/self/derive",
+            &parent,
+            json!({ "cap": { "amount": 5_000, "period": "day" } }),
+        )
+        .await
+        .ok();
+    let child_id = child["id"].as_str().unwrap().to_owned();
+    let child_secret = child["token"].as_str().unwrap().to_owned();
+    w.charge(&child_secret, 700).await.ok();
+    w.charge(&parent, 300).await.ok();
+    w.charge(&other, 50).await.ok();
+    assert_eq!(w.spend(&parent_id).await["captured"], 1_000);
+    let v = verify(&w.app).await;
+    assert_eq!(v["spend_mismatches"], json!([]));
+
+    // Take the child's charge out of the parent's stored spend: the check
+    // names the parent alone, with what its charges and its child's add up to.
+    w.app
+        .execute_sql(&format!(
+            "UPDATE token_spend SET captured = captured - 700 WHERE token_id = '{parent_id}'"
+        ))
+        .await;
+    let v = w.app.get("/v1/ledger/verify", ADMIN).await.ok();
+    assert_eq!(v["balanced"], false);
+    let found = v["spend_mismatches"].as_array().unwrap();
+    assert_eq!(found.len(), 1, "{v}");
+    assert_eq!(found[0]["payment_token"], parent_id.as_str());
+    assert_eq!(found[0]["stored"]["captured"], 300);
+    assert_eq!(found[0]["computed"]["captured"], 1_000);
+
+    // A spend row that no charge accounts for, and a charged token whose
+    // spend row is gone, are found too, each under its own token.
+    w.app
+        .execute_sql(&format!(
+            "UPDATE token_spend SET captured = captured + 700 WHERE token_id = '{parent_id}';
+             DELETE FROM token_spend WHERE token_id = '{child_id}';
+             UPDATE token_spend SET pending = pending + 5 WHERE token_id = '{other_id}'"
+        ))
+        .await;
+    let v = w.app.get("/v1/ledger/verify", ADMIN).await.ok();
+    let mut named: Vec<(String, i64, i64)> = v["spend_mismatches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["payment_token"].as_str().unwrap().to_owned(),
+                m["stored"]["captured"].as_i64().unwrap()
+                    + m["stored"]["pending"].as_i64().unwrap(),
+                m["computed"]["captured"].as_i64().unwrap()
+                    + m["computed"]["pending"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    named.sort();
+    let mut expected = vec![(child_id, 0, 700), (other_id, 55, 50)];
+    expected.sort();
+    assert_eq!(named, expected, "{v}");
+}

@@ -13,9 +13,10 @@ use scrip_core::period::Period;
 use scrip_core::token::Spend;
 use scrip_core::UnixSecs;
 
+use super::super::common::{charge_share, spend_mismatches};
 use super::super::model::*;
 use super::super::{StoreError, StoreResult};
-use super::{charge_row, currency_col, not_found, CHARGE_COLS};
+use super::{bad_row, currency_col, not_found};
 use crate::secrets::new_id;
 
 /// Whether a transaction moves money now or only reserves it.
@@ -604,84 +605,99 @@ pub(super) fn verify(conn: &Connection) -> StoreResult<LedgerVerification> {
             ));
         }
     }
-    // 4. Every token's spend agrees with the charges on it and its descendants.
-    let mut expected: BTreeMap<(String, i64), Spend> = BTreeMap::new();
-    let tokens: BTreeMap<String, (Period, i64, Option<String>)> = conn
-        .prepare("SELECT id, cap_period, created, parent_id FROM tokens")?
-        .query_map([], |r| {
-            let period: String = r.get(1)?;
-            Ok((
-                r.get::<_, String>(0)?,
-                (period, r.get::<_, i64>(2)?, r.get::<_, Option<String>>(3)?),
-            ))
-        })?
-        .map(|row| {
-            row.map_err(StoreError::from)
-                .and_then(|(id, (period, created, parent))| {
-                    let period = period.parse::<Period>().map_err(|_| {
-                        StoreError::Database(format!("token {id} has a bad period"))
-                    })?;
-                    Ok((id, (period, created, parent)))
-                })
-        })
-        .collect::<StoreResult<_>>()?;
-    let charges = conn
-        .prepare(&format!("SELECT {CHARGE_COLS} FROM charges"))?
-        .query_map([], charge_row)?
-        .collect::<rusqlite::Result<Vec<Charge>>>()?;
-    for c in &charges {
-        let (captured, pending) = match c.status {
-            ChargeStatus::Succeeded => (c.amount_captured - c.amount_refunded, 0),
-            ChargeStatus::RequiresCapture => (0, c.amount),
-            ChargeStatus::Canceled | ChargeStatus::Failed => (0, 0),
-        };
-        let mut next = Some(c.token_id.clone());
-        let mut depth = 0;
+    // 4. Every token's spend agrees with the charges on it and its
+    //    descendants, checked one token at a time (charges by token through
+    //    their index, spend rows in key order) so that memory does not grow
+    //    with the tokens or charges there are.
+    let inherited = inherited_spend(conn)?;
+    let mut own = conn.prepare(
+        "SELECT c.token_id, c.created, c.status, c.amount, c.amount_captured, c.amount_refunded,
+                t.cap_period, t.created
+         FROM charges c JOIN tokens t ON t.id = c.token_id ORDER BY c.token_id",
+    )?;
+    let own = own.query_map([], |r| {
+        let token_id: String = r.get(0)?;
+        let status: String = r.get(2)?;
+        let status = ChargeStatus::parse(&status).ok_or_else(|| bad_row("charge status"))?;
+        let period: String = r.get(6)?;
+        let period = period
+            .parse::<Period>()
+            .map_err(|_| bad_row("cap_period"))?;
+        let start = period.window(r.get(1)?, r.get(7)?).start;
+        let share = charge_share(status, r.get(3)?, r.get(4)?, r.get(5)?);
+        Ok((token_id, start, share))
+    })?;
+    let mut stored = conn.prepare(
+        "SELECT token_id, period_start, captured, pending FROM token_spend
+         ORDER BY token_id, period_start",
+    )?;
+    let stored = stored.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, i64>(1)?,
+            Spend {
+                captured: r.get(2)?,
+                pending: r.get(3)?,
+            },
+        ))
+    })?;
+    v.spend_mismatches = spend_mismatches(own, stored, inherited, MISMATCHES_SHOWN)?;
+    Ok(v)
+}
+
+/// Mismatches of each kind a verification lists.
+const MISMATCHES_SHOWN: usize = 100;
+
+/// What charges on derived tokens add to the spend of each of their
+/// ancestors, by (ancestor, window start): one walk up the chain for each
+/// such charge, so the map holds only the windows of tokens that have
+/// children.
+fn inherited_spend(conn: &Connection) -> StoreResult<BTreeMap<(String, UnixSecs), Spend>> {
+    let mut inherited: BTreeMap<(String, UnixSecs), Spend> = BTreeMap::new();
+    let mut derived = conn.prepare(
+        "SELECT c.created, c.status, c.amount, c.amount_captured, c.amount_refunded, t.parent_id
+         FROM tokens t JOIN charges c ON c.token_id = t.id WHERE t.parent_id IS NOT NULL",
+    )?;
+    let mut link =
+        conn.prepare_cached("SELECT cap_period, created, parent_id FROM tokens WHERE id = ?1")?;
+    let mut rows = derived.query([])?;
+    while let Some(r) = rows.next()? {
+        let status: String = r.get(1)?;
+        let status = ChargeStatus::parse(&status).ok_or_else(|| bad_row("charge status"))?;
+        let share = charge_share(status, r.get(2)?, r.get(3)?, r.get(4)?);
+        let charged_at: UnixSecs = r.get(0)?;
+        let mut next: Option<String> = r.get(5)?;
+        // The charge's own token is the first link of at most 65.
+        let mut depth = 1;
         while let Some(id) = next.take() {
             depth += 1;
-            let Some((period, created, parent)) = tokens.get(&id) else {
+            let Some((period, created, parent)) = link
+                .query_row([&id], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, Option<String>>(2)?,
+                    ))
+                })
+                .optional()?
+            else {
                 break;
             };
             if depth > 65 {
                 break;
             }
-            let start = period.window(c.created, *created).start;
-            let e = expected.entry((id.clone(), start)).or_default();
-            e.captured += captured;
-            e.pending += pending;
-            next = parent.clone();
+            let period = period
+                .parse::<Period>()
+                .map_err(|_| bad_row("cap_period"))?;
+            let e = inherited
+                .entry((id, period.window(charged_at, created).start))
+                .or_default();
+            e.captured += share.captured;
+            e.pending += share.pending;
+            next = parent;
         }
     }
-    let stored_spend = conn
-        .prepare("SELECT token_id, period_start, captured, pending FROM token_spend")?
-        .query_map([], |r| {
-            Ok((
-                (r.get::<_, String>(0)?, r.get::<_, i64>(1)?),
-                Spend {
-                    captured: r.get(2)?,
-                    pending: r.get(3)?,
-                },
-            ))
-        })?
-        .collect::<rusqlite::Result<BTreeMap<_, _>>>()?;
-    let keys: std::collections::BTreeSet<_> = expected
-        .keys()
-        .chain(stored_spend.keys())
-        .cloned()
-        .collect();
-    for key in keys {
-        let e = expected.get(&key).copied().unwrap_or_default();
-        let s = stored_spend.get(&key).copied().unwrap_or_default();
-        if e != s && v.spend_mismatches.len() < 100 {
-            v.spend_mismatches.push(SpendMismatch {
-                token_id: key.0.clone(),
-                period_start: key.1,
-                stored: s,
-                computed: e,
-            });
-        }
-    }
-    Ok(v)
+    Ok(inherited)
 }
 
 /// Gross, fees, refunds, net and payouts per provider and currency.
