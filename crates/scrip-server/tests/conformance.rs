@@ -112,6 +112,7 @@ cases![
     idempotent_responses_and_purge,
     revocation_is_seen_at_once,
     charge_contexts_follow_every_change,
+    a_charge_is_decided_on_the_store_not_on_its_pre_check,
     misuse_and_refusals,
     declines_spend_nothing,
     holds_expire_through_upkeep,
@@ -275,6 +276,7 @@ fn new_charge(fx: &Fx, token: &str, amount: i64, capture: bool) -> NewCharge {
         description: None,
         metadata: Metadata::new(),
         network_reference: new_id("net"),
+        decided_on: None,
     }
 }
 
@@ -1226,6 +1228,112 @@ mod cases {
             .await
             .unwrap();
         assert_eq!(stored(secret3).await, [StoredStatus::Revoked]);
+    }
+
+    /// A charge carries the context its pre-check allowed it on (the
+    /// embedded store's writer decides on that chain when nothing that
+    /// could change it has been written since). Whatever did change since,
+    /// the spend, a standing, a single-use token's one charge, decides.
+    pub async fn a_charge_is_decided_on_the_store_not_on_its_pre_check(s: Shared) {
+        let s = s.as_ref();
+        let fx = fixture(s).await;
+        let decided = |token: &str, amount: i64, ctx: &ChargeContext| NewCharge {
+            decided_on: Some(ctx.clone()),
+            ..new_charge(&fx, token, amount, true)
+        };
+        // Decided on a current context: the charge is what it would be
+        // without one.
+        let (token, secret) = issue(
+            s,
+            &fx,
+            Issue {
+                cap: 1_000,
+                ..Issue::default()
+            },
+        )
+        .await;
+        let ctx = s.charge_context(secret, NOW).await.unwrap().unwrap();
+        let c = s
+            .create_charge(decided(&token, 600, &ctx), NOW, None)
+            .await
+            .unwrap();
+        assert_eq!(
+            (&c.token_id, &c.customer_id, &c.payment_method_id),
+            (&token, &fx.customer, &fx.pm)
+        );
+        assert_eq!((c.brand.as_str(), c.last4.as_str()), ("visa", "4242"));
+        // The same context again says nothing is spent; the store says 600
+        // of 1,000.
+        assert_eq!(ctx.chain[0].spend.captured, 0);
+        assert_refused(
+            s.create_charge(decided(&token, 600, &ctx), NOW, None).await,
+            "cap_exceeded",
+        );
+        s.create_charge(decided(&token, 400, &ctx), NOW, None)
+            .await
+            .unwrap();
+        assert_eq!(spend(s, &token, NOW).await, (1_000, 0));
+        // A context of another token decides nothing for this one.
+        let (roomy, roomy_secret) = issue(s, &fx, Issue::default()).await;
+        s.create_charge(decided(&roomy, 500, &ctx), NOW, None)
+            .await
+            .unwrap();
+        assert_eq!(spend(s, &roomy, NOW).await, (500, 0));
+        // Suspended after its context was read: refused.
+        let roomy_ctx = s.charge_context(roomy_secret, NOW).await.unwrap().unwrap();
+        s.change_token(&roomy, None, TokenChange::Suspend, NOW, None)
+            .await
+            .unwrap();
+        assert_refused(
+            s.create_charge(decided(&roomy, 1, &roomy_ctx), NOW, None)
+                .await,
+            "token_suspended",
+        );
+        // Single use: its one charge exhausts it, however current the
+        // context it is decided on looked.
+        let (once, once_secret) = issue(
+            s,
+            &fx,
+            Issue {
+                usage: Usage::SingleUse,
+                ..Issue::default()
+            },
+        )
+        .await;
+        let once_ctx = s.charge_context(once_secret, NOW).await.unwrap().unwrap();
+        s.create_charge(decided(&once, 5, &once_ctx), NOW, None)
+            .await
+            .unwrap();
+        assert_refused(
+            s.create_charge(decided(&once, 5, &once_ctx), NOW, None)
+                .await,
+            "token_exhausted",
+        );
+        // The card detached, then the credential revoked, after the
+        // contexts were read: every token under them refused.
+        let (late, late_secret) = issue(s, &fx, Issue::default()).await;
+        let late_ctx = s.charge_context(late_secret, NOW).await.unwrap().unwrap();
+        s.detach_payment_method(&fx.pm, None, NOW, None)
+            .await
+            .unwrap();
+        assert_refused(
+            s.create_charge(decided(&late, 1, &late_ctx), NOW, None)
+                .await,
+            "payment_method_unavailable",
+        );
+        let fx2 = fixture(s).await;
+        let (other, other_secret) = issue(s, &fx2, Issue::default()).await;
+        let other_ctx = s.charge_context(other_secret, NOW).await.unwrap().unwrap();
+        s.revoke_credential(&fx2.credential, NOW, None)
+            .await
+            .unwrap();
+        let mut after_revocation = decided(&other, 1, &other_ctx);
+        after_revocation.provider_id = fx2.provider.clone();
+        assert_refused(
+            s.create_charge(after_revocation, NOW, None).await,
+            "token_revoked",
+        );
+        assert_ledger_balanced(s).await;
     }
 
     pub async fn revocation_is_seen_at_once(s: Shared) {

@@ -229,6 +229,7 @@ async fn run(ops: Vec<Op>) {
                     description: None,
                     metadata: Metadata::new(),
                     network_reference: "auth".into(),
+                    decided_on: None,
                 };
                 match s.store.create_charge(new, now, None).await {
                     Ok(c) if capture => captured.push(c.id),

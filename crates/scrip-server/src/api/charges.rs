@@ -179,9 +179,10 @@ pub async fn create_charge(
                 Ok(a) => a.reference.clone(),
                 Err(_) => new_id("decl"),
             };
+            let token_id = ctx.token_id.clone();
             let new = NewCharge {
                 id: new_id("ch"),
-                token_id: ctx.token_id.clone(),
+                token_id: token_id.clone(),
                 provider_id: provider_id.clone(),
                 amount,
                 currency,
@@ -189,6 +190,7 @@ pub async fn create_charge(
                 description,
                 metadata,
                 network_reference: reference,
+                decided_on: Some(ctx),
             };
             let authorization = match authorization {
                 Ok(a) => a,
@@ -214,7 +216,7 @@ pub async fn create_charge(
                     st.network.void(&authorization).await;
                     Err(match e {
                         StoreError::Refused(r) => {
-                            refused(Some(ctx.token_id.clone()), r.code()).await?;
+                            refused(Some(token_id), r.code()).await?;
                             refuse(&r)
                         }
                         other => other.into(),

@@ -2,6 +2,7 @@
 //! HTTP layer turns them into response bodies (`api::views`).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use scrip_core::money::{CapAmount, ChargeAmount, Currency};
 use scrip_core::period::{Period, Window};
@@ -192,6 +193,27 @@ pub struct ChargeContext {
     /// embedded store's pre-check): a refusal decided on it is decided
     /// again on [`Store::charge_context_uncached`](super::Store::charge_context_uncached).
     pub cached: bool,
+    /// Where the embedded store read it, so that its writer can decide the
+    /// charge on this chain instead of reading it again (`None` from
+    /// PostgreSQL, which locks and reads the chain in the charge's
+    /// transaction).
+    pub basis: Option<Arc<ContextBasis>>,
+}
+
+/// What the embedded store's pre-check read a [`ChargeContext`] at and
+/// from. The writer decides a charge on that context's chain (scopes and
+/// standings; the spend it always takes from what it holds itself) only if
+/// no write that could change a chain has run since `generation`.
+#[derive(Debug)]
+pub struct ContextBasis {
+    /// The store's generation of charge contexts when the read began.
+    pub generation: u64,
+    /// Each link's token id, in the chain's order.
+    pub link_ids: Vec<String>,
+    /// The token's customer, and its card as a charge shows it.
+    pub customer_id: String,
+    pub brand: String,
+    pub last4: String,
 }
 
 #[derive(Clone, Debug)]
@@ -205,6 +227,9 @@ pub struct NewCharge {
     pub description: Option<String>,
     pub metadata: Metadata,
     pub network_reference: String,
+    /// The context the pre-check allowed the charge on (see
+    /// [`ContextBasis`]); the store decides again either way.
+    pub decided_on: Option<ChargeContext>,
 }
 
 /// A refund asked for: `amount: None` refunds all not yet refunded.

@@ -1175,6 +1175,7 @@ impl PgStore {
                     sealed_number: sealed_at(&r, 2)?,
                     chain,
                     cached: false,
+                    basis: None,
                 }))
             })
         })
@@ -2101,6 +2102,7 @@ fn context_from_newest_spends(found: &[Row], now: UnixSecs) -> PgResult<ContextR
         sealed_number: sealed_at(first, 18)?,
         chain,
         cached: false,
+        basis: None,
     })))
 }
 

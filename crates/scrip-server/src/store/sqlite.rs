@@ -208,13 +208,14 @@ impl From<rusqlite::Error> for StoreError {
 
 /// Resolved secrets, so that authentication costs no database read. Safe
 /// because this process is the store's only writer: every change to a
-/// secret goes through [`SqliteStore`]'s writer, which forgets the owner's
-/// entries as soon as the change has committed (`forget_after_commit`), and
-/// bumps a generation so that a lookup that read the old state cannot put
-/// it back.
+/// secret goes through [`SqliteStore`]'s writer, which moves the cache's
+/// generation on as soon as the change has committed
+/// (`forget_after_commit`). An entry counts only in the generation it was
+/// read in, so forgetting takes the same time however many secrets are
+/// kept, and a lookup that read the old state cannot put it back.
 #[derive(Default)]
 struct AuthCache {
-    entries: Mutex<std::collections::HashMap<[u8; 32], Principal>>,
+    entries: Mutex<std::collections::HashMap<[u8; 32], (Principal, u64)>>,
     generation: AtomicU64,
 }
 
@@ -223,27 +224,37 @@ const AUTH_CACHE_ENTRIES_MAX: usize = 100_000;
 
 impl AuthCache {
     fn get(&self, hash: &SecretHash) -> Option<Principal> {
-        self.entries.lock().ok()?.get(&hash.0).cloned()
+        let generation = self.generation.load(Ordering::Acquire);
+        match self.entries.lock().ok()?.get(&hash.0) {
+            Some((principal, read_in)) if *read_in == generation => Some(principal.clone()),
+            _ => None,
+        }
     }
 
+    /// Keeps what a lookup that began in `generation` found, unless a
+    /// secret changed since.
     fn insert(&self, hash: SecretHash, principal: Principal, generation: u64) {
-        if let Ok(mut entries) = self.entries.lock() {
-            if self.generation.load(Ordering::Acquire) != generation {
+        if self.generation.load(Ordering::Acquire) != generation {
+            return;
+        }
+        let full = {
+            let Ok(mut entries) = self.entries.lock() else {
                 return;
-            }
-            if entries.len() >= AUTH_CACHE_ENTRIES_MAX {
-                entries.clear();
-            }
-            entries.insert(hash.0, principal);
+            };
+            let full =
+                (entries.len() >= AUTH_CACHE_ENTRIES_MAX).then(|| std::mem::take(&mut *entries));
+            entries.insert(hash.0, (principal, generation));
+            full
+        };
+        if let Some(full) = full {
+            contexts::drop_elsewhere(full);
         }
     }
 
-    /// Forgets every secret of `owner` (a credential or provider id).
-    fn forget(&self, owner: &str) {
-        if let Ok(mut entries) = self.entries.lock() {
-            self.generation.fetch_add(1, Ordering::AcqRel);
-            entries.retain(|_, p| p.actor_id() != owner);
-        }
+    /// Forgets every secret: after a write that changed one has committed
+    /// (a revoked credential, a rolled provider secret).
+    fn forget_all(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 }
 
@@ -258,8 +269,8 @@ struct Caches {
 /// hold (set on the writer thread).
 #[derive(Default)]
 struct Changed {
-    /// Owners (credentials, providers) whose secrets changed.
-    secrets_of: Vec<String>,
+    /// A secret (a credential's, a provider's).
+    secrets: bool,
     /// A token's scope or standing, or a card.
     contexts: bool,
 }
@@ -272,24 +283,22 @@ thread_local! {
 /// writer forgets it from the caches as soon as the group has committed,
 /// before anyone is told, and whether or not the caller still waits.
 fn forget_after_commit(mark: impl FnOnce(&mut Changed)) {
-    let contexts = CHANGED.with(|changed| {
-        let mut changed = changed.borrow_mut();
-        mark(&mut changed);
-        changed.contexts
-    });
-    if contexts {
-        // The writer's own copy goes at once: the next operation reads the
-        // change.
-        forget_writer_chains();
-    }
+    CHANGED.with(|changed| mark(&mut changed.borrow_mut()));
+}
+
+/// Whether an operation of the open group has changed a scope or standing
+/// (or a card): until the group has committed and the contexts'
+/// generation moved on, no chain read before may be decided on.
+fn contexts_changed_in_group() -> bool {
+    CHANGED.with(|changed| changed.borrow().contexts)
 }
 
 impl Caches {
     /// The writer, after a group's COMMIT (or ROLLBACK).
     fn forget_what_was_changed(&self) {
         let changed = CHANGED.with(|changed| std::mem::take(&mut *changed.borrow_mut()));
-        for owner in &changed.secrets_of {
-            self.auth.forget(owner);
+        if changed.secrets {
+            self.auth.forget_all();
         }
         if changed.contexts {
             self.contexts.forget_all();
@@ -463,7 +472,7 @@ impl SqliteStore {
             .spawn(move || {
                 WRITER_SPEND.with(|board| *board.borrow_mut() = Some(spend));
                 outbox::keep_on_this_thread();
-                WRITER_CHAINS.with(|kept| *kept.borrow_mut() = Some(WriterChains::default()));
+                WRITER_SPEND_KEPT.with(|kept| *kept.borrow_mut() = Some(WriterSpend::default()));
                 writer_loop(
                     writer,
                     queue,
@@ -1486,26 +1495,87 @@ struct ChargeChain {
     card: ChargeCard,
 }
 
+/// What the writer decides a charge on `token_id` on: the chain the
+/// pre-check read (`decided_on`), if it is still the database's (see
+/// [`decided_chain`]), else the chain read again; each link with its spend
+/// in the window of `now`.
+fn charge_chain(
+    conn: &Connection,
+    token_id: &str,
+    decided_on: Option<&ChargeContext>,
+    generation: u64,
+    now: UnixSecs,
+) -> StoreResult<ChargeChain> {
+    if let Some(chain) = decided_on.and_then(|context| decided_chain(token_id, context, generation))
+    {
+        return with_spend(conn, chain, now);
+    }
+    let chain = read_charge_chain(conn, token_id, now)?;
+    for (link, (id, start)) in chain.links.iter().zip(&chain.spend_keys) {
+        writer_spent(id, *start, link.spend);
+    }
+    Ok(chain)
+}
+
+/// The chain the pre-check allowed a charge on `token_id` on, if that
+/// chain is still what the database holds: the context was read at the
+/// current `generation` of contexts, no operation of the open group has
+/// changed a scope or standing since, and every link is a multi-use token
+/// (a charge on a single-use one changes its standing without moving the
+/// generation on). Then the charge reads no page of the tokens,
+/// credentials or cards. The links' spend is not yet settled (see
+/// [`with_spend`]).
+fn decided_chain(token_id: &str, context: &ChargeContext, generation: u64) -> Option<ChargeChain> {
+    let basis = context.basis.as_ref()?;
+    if basis.generation != generation
+        || context.token_id != token_id
+        || !contexts::multi_use_throughout(context)
+        || contexts_changed_in_group()
+    {
+        return None;
+    }
+    Some(ChargeChain {
+        links: context.chain.clone(),
+        spend_keys: basis.link_ids.iter().map(|id| (id.clone(), 0)).collect(),
+        card: ChargeCard {
+            customer_id: basis.customer_id.clone(),
+            payment_method_id: context.payment_method_id.clone(),
+            brand: basis.brand.clone(),
+            last4: basis.last4.clone(),
+        },
+    })
+}
+
+/// `chain` with each link's spend in its window of `now`: as the writer
+/// holds it, or read.
+fn with_spend(
+    conn: &Connection,
+    mut chain: ChargeChain,
+    now: UnixSecs,
+) -> StoreResult<ChargeChain> {
+    for (link, (id, start)) in chain.links.iter_mut().zip(chain.spend_keys.iter_mut()) {
+        *start = link.scope.window(now).start;
+        link.spend = match writer_spend(id, *start) {
+            Some(spend) => spend,
+            None => {
+                let spend = spend_at(conn, id, *start)?;
+                writer_spent(id, *start, spend);
+                spend
+            }
+        };
+    }
+    Ok(chain)
+}
+
 /// The token and its ancestors, each with its spend in the window of
 /// `now`, and the token's card: the token with its first link and its card
 /// in one statement, then its ancestors.
 ///
-/// A chain is read twice on the charge path (the pre-check and the
-/// writer's decision), so one statement a link reads only what the
-/// decision needs: the token's scope, its standing, and its newest spend
-/// row, which is the current window's when it starts there (an older one
-/// means nothing spent yet in this window; a newer one, after the test
-/// clock was set back, is looked up exactly).
-fn charge_chain(conn: &Connection, token_id: &str, now: UnixSecs) -> StoreResult<ChargeChain> {
-    if let Some(chain) = kept_chain(token_id, now) {
-        return Ok(chain);
-    }
-    let chain = read_charge_chain(conn, token_id, now)?;
-    keep_chain(token_id, &chain);
-    Ok(chain)
-}
-
-/// [`charge_chain`] from the database.
+/// One statement a link reads only what the decision needs: the token's
+/// scope, its standing, and its newest spend row, which is the current
+/// window's when it starts there (an older one means nothing spent yet in
+/// this window; a newer one, after the test clock was set back, is looked
+/// up exactly).
 fn read_charge_chain(conn: &Connection, token_id: &str, now: UnixSecs) -> StoreResult<ChargeChain> {
     let found = conn
         .prepare_cached(sql!(
@@ -1653,107 +1723,60 @@ fn add_spend(
             board.publish(token_id, start, spend);
         }
     });
-    WRITER_CHAINS.with(|kept| {
-        if let Some(kept) = kept.borrow_mut().as_mut() {
-            kept.spent(token_id, start, spend);
-        }
-    });
+    writer_spent(token_id, start, spend);
     Ok(spend)
 }
 
 thread_local! {
-    /// On the writer thread only: its own copy of the chains charges read
-    /// (see [`WriterChains`]).
-    static WRITER_CHAINS: std::cell::RefCell<Option<WriterChains>> =
+    /// On the writer thread only: the spend it holds (see [`WriterSpend`]).
+    static WRITER_SPEND_KEPT: std::cell::RefCell<Option<WriterSpend>> =
         const { std::cell::RefCell::new(None) };
 }
 
-/// The writer's copy of what a charge decides on, so that a charge on a
-/// token charged before reads nothing. It holds only what the open
+/// The writer's copy of each token's spend, so that a charge on a token
+/// charged before reads no spend row. It holds only what the open
 /// transaction holds: the writer is the database's only writer, every
-/// spend change goes through [`add_spend`], which updates it with what the
-/// database returns, every change to a scope or standing marks itself
-/// (`forget_after_commit`), which forgets every chain at once, and every
-/// rollback forgets it all (`forget_writer_state`). The database has the
-/// last word on the cap: [`add_spend`] returns the stored spend, and a
-/// charge that would take it past a cap fails.
+/// spend change goes through [`add_spend`], which records what the
+/// database returns, and every rollback forgets it all
+/// (`forget_writer_state`). The database has the last word on the cap:
+/// [`add_spend`] returns the stored spend, and a charge that would take it
+/// past a cap fails.
 #[derive(Default)]
-struct WriterChains {
-    /// A token's chain as read, without the spend.
-    chains: std::collections::HashMap<String, std::rc::Rc<ChargeChain>>,
+struct WriterSpend {
     /// Each token's spend in the latest window read or changed.
-    spend: std::collections::HashMap<String, (UnixSecs, Spend)>,
+    tokens: std::collections::HashMap<String, (UnixSecs, Spend)>,
 }
 
-/// Tokens whose chain and spend the writer keeps before it starts over.
-const WRITER_CHAINS_MAX: usize = 100_000;
+/// Tokens whose spend the writer keeps before it starts over.
+const WRITER_SPEND_MAX: usize = 100_000;
 
-impl WriterChains {
-    fn spent(&mut self, token_id: &str, start: UnixSecs, spend: Spend) {
-        match self.spend.get_mut(token_id) {
-            Some(slot) if slot.0 <= start => *slot = (start, spend),
-            Some(_) => {}
-            None => {
-                if self.spend.len() >= WRITER_CHAINS_MAX {
-                    self.spend.clear();
-                }
-                self.spend.insert(token_id.to_owned(), (start, spend));
-            }
-        }
-    }
-}
-
-fn kept_chain(token_id: &str, now: UnixSecs) -> Option<ChargeChain> {
-    WRITER_CHAINS.with(|kept| {
-        let kept = kept.borrow();
-        let kept = kept.as_ref()?;
-        let chain = kept.chains.get(token_id)?;
-        let mut links = chain.links.clone();
-        let mut spend_keys = Vec::with_capacity(links.len());
-        // Each link's window as of `now` (the chain may have been read in
-        // an earlier one): its spend is known only if it is that window's.
-        for (link, (id, _)) in links.iter_mut().zip(&chain.spend_keys) {
-            let start = link.scope.window(now).start;
-            link.spend = match kept.spend.get(id.as_str()) {
-                Some(&(s, spend)) if s == start => spend,
-                _ => return None,
-            };
-            spend_keys.push((id.clone(), start));
-        }
-        Some(ChargeChain {
-            links,
-            spend_keys,
-            card: chain.card.clone(),
-        })
+/// The spend of `token_id` in the window starting at `start`, if the
+/// writer holds it.
+fn writer_spend(token_id: &str, start: UnixSecs) -> Option<Spend> {
+    WRITER_SPEND_KEPT.with(|kept| match kept.borrow().as_ref()?.tokens.get(token_id) {
+        Some(&(s, spend)) if s == start => Some(spend),
+        _ => None,
     })
 }
 
-fn keep_chain(token_id: &str, chain: &ChargeChain) {
-    WRITER_CHAINS.with(|kept| {
+/// The writer read or wrote `spend` as the spend of `token_id` in the
+/// window starting at `start`. A change to an earlier window (a hold
+/// captured after its window ended) leaves a later one in place.
+fn writer_spent(token_id: &str, start: UnixSecs, spend: Spend) {
+    WRITER_SPEND_KEPT.with(|kept| {
         let mut kept = kept.borrow_mut();
         let Some(kept) = kept.as_mut() else {
             return;
         };
-        for (link, (id, start)) in chain.links.iter().zip(&chain.spend_keys) {
-            match kept.spend.get(id.as_str()) {
-                // The writer's own change is at least as new as the read.
-                Some(&(s, _)) if s >= *start => {}
-                _ => kept.spent(id, *start, link.spend),
+        match kept.tokens.get_mut(token_id) {
+            Some(slot) if slot.0 <= start => *slot = (start, spend),
+            Some(_) => {}
+            None => {
+                if kept.tokens.len() >= WRITER_SPEND_MAX {
+                    contexts::drop_elsewhere(std::mem::take(&mut kept.tokens));
+                }
+                kept.tokens.insert(token_id.to_owned(), (start, spend));
             }
-        }
-        if kept.chains.len() >= WRITER_CHAINS_MAX {
-            kept.chains.clear();
-        }
-        kept.chains
-            .insert(token_id.to_owned(), std::rc::Rc::new(chain.clone()));
-    });
-}
-
-/// Forgets every chain the writer keeps (a scope or standing changed).
-fn forget_writer_chains() {
-    WRITER_CHAINS.with(|kept| {
-        if let Some(kept) = kept.borrow_mut().as_mut() {
-            kept.chains.clear();
         }
     });
 }
@@ -1762,9 +1785,9 @@ fn forget_writer_chains() {
 /// keeps may be newer than the database.
 fn forget_writer_state() {
     outbox::forget_kept();
-    WRITER_CHAINS.with(|kept| {
+    WRITER_SPEND_KEPT.with(|kept| {
         if let Some(kept) = kept.borrow_mut().as_mut() {
-            *kept = WriterChains::default();
+            contexts::drop_elsewhere(std::mem::take(kept));
         }
     });
 }
@@ -2255,7 +2278,7 @@ impl Store for SqliteStore {
         self.write(
             move |conn| {
                 forget_after_commit(|f| {
-                    f.secrets_of.push(id.clone());
+                    f.secrets = true;
                     f.contexts = true;
                 });
                 // One row, whatever number of tokens hang under it: every
@@ -2352,7 +2375,7 @@ impl Store for SqliteStore {
         let id = id.to_owned();
         self.write(
             move |conn| {
-                forget_after_commit(|f| f.secrets_of.push(id.clone()));
+                forget_after_commit(|f| f.secrets = true);
                 let provider = conn
                     .prepare_cached(sql!("SELECT {PROVIDER_COLS} FROM providers WHERE id = ?1"))?
                     .query_row([&id], provider_row)
@@ -2714,7 +2737,8 @@ impl Store for SqliteStore {
             // one statement; then its ancestors, if it has any.
             let found = conn
                 .prepare_cached(sql!(
-                    "SELECT {LINK_COLS}, t.id, pm.id, pm.key_id, pm.nonce, pm.ciphertext
+                    "SELECT {LINK_COLS}, t.id, pm.id, pm.key_id, pm.nonce, pm.ciphertext,
+                            t.customer_id, pm.brand, pm.last4
                      FROM api_secrets a JOIN tokens t ON t.id = a.object_id {LINK_JOINS}
                      WHERE a.hash = ?1 AND a.role = 'token'"
                 ))?
@@ -2729,30 +2753,37 @@ impl Store for SqliteStore {
                             nonce: r.get(n + 3)?,
                             ciphertext: r.get(n + 4)?,
                         },
+                        (
+                            r.get::<_, String>(n + 5)?,
+                            r.get::<_, String>(n + 6)?,
+                            r.get::<_, String>(n + 7)?,
+                        ),
                     ))
                 })
                 .optional()?;
-            let Some((row, token_id, payment_method_id, sealed_number)) = found else {
+            let Some((row, token_id, payment_method_id, sealed_number, card)) = found else {
                 return Ok(None);
             };
+            let (customer_id, brand, last4) = card;
             let mut link_ids = vec![token_id.clone()];
             let (first, parent) = settled_link(conn, &token_id, row, now)?;
             let chain = chain_from(conn, &token_id, vec![first], &mut link_ids, parent, now)?;
-            let context = ChargeContext {
+            Ok(Some(ChargeContext {
                 token_id,
                 payment_method_id,
                 sealed_number,
                 chain,
                 cached: false,
-            };
-            Ok(Some((context, link_ids)))
+                basis: Some(Arc::new(ContextBasis {
+                    generation,
+                    link_ids,
+                    customer_id,
+                    brand,
+                    last4,
+                })),
+            }))
         })?;
-        Ok(read.map(|(context, link_ids)| {
-            self.caches
-                .contexts
-                .insert(token, &context, link_ids, generation, now);
-            context
-        }))
+        Ok(read.inspect(|context| self.caches.contexts.insert(token, context, now)))
     }
 
     async fn revoke_token_for_misuse(
@@ -2837,16 +2868,20 @@ impl Store for SqliteStore {
         idem: Option<IdemWrite<Charge>>,
     ) -> StoreResult<Charge> {
         let config = self.ledger;
-        let request = new;
+        let caches = self.caches.clone();
+        let mut request = new;
+        let decided_on = request.decided_on.take();
         self.write_rerunnable(
             move |conn| {
                 let new = request.clone();
-                let mut chain = charge_chain(conn, &new.token_id, now)?;
+                let generation = caches.contexts.generation();
+                let mut chain =
+                    charge_chain(conn, &new.token_id, decided_on.as_ref(), generation, now)?;
                 if chain.links.iter().any(|l| l.spend.pending > 0) {
                     // Holds past their capture window no longer count:
                     // release the token's, then read what is left.
                     release_expired_holds_of(conn, &new.token_id, now)?;
-                    chain = charge_chain(conn, &new.token_id, now)?;
+                    chain = read_charge_chain(conn, &new.token_id, now)?;
                 }
                 token::authorize(
                     &chain.links,
@@ -2904,8 +2939,6 @@ impl Store for SqliteStore {
                         "UPDATE tokens SET status = 'exhausted', status_changed = ?2 WHERE id = ?1 AND status = 'active'",
                     )?
                     .execute(params![charge.token_id, now])?;
-                    // Its descendants' chains hold its standing.
-                    forget_writer_chains();
                     emit_token(conn, "payment_token.exhausted", &charge.token_id, now)?;
                 }
                 Ok(charge)

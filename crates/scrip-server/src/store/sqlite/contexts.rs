@@ -28,18 +28,14 @@ use scrip_core::token::{Spend, Usage};
 use scrip_core::UnixSecs;
 
 use super::super::model::ChargeContext;
+#[cfg(test)]
+use super::super::model::ContextBasis;
 use crate::secrets::SecretHash;
 
-/// A context as read, with the token id of each link of its chain (where
-/// that link's spend is found).
-struct Entry {
-    context: ChargeContext,
-    link_ids: Vec<String>,
-}
-
-/// Charge contexts by token secret.
+/// Charge contexts by token secret, each as read (its basis holds the
+/// token id of each link of its chain, where that link's spend is found).
 pub(super) struct ContextCache {
-    entries: Mutex<HashMap<[u8; 32], Entry>>,
+    entries: Mutex<HashMap<[u8; 32], ChargeContext>>,
     generation: AtomicU64,
     spend: Arc<SpendBoard>,
 }
@@ -59,67 +55,97 @@ impl ContextCache {
     }
 
     /// The context of the token with this secret as of `now`, with each
-    /// link's spend in its window of `now`; `None` when it is not kept, or
-    /// when the spend of a link in that window is not known here.
+    /// link's spend in its window of `now`; `None` when it is not kept (or
+    /// was read before the generation moved on), or when the spend of a
+    /// link in that window is not known here.
     pub(super) fn get(&self, token: &SecretHash, now: UnixSecs) -> Option<ChargeContext> {
-        let (mut context, link_ids) = {
-            let entries = self.entries.lock().ok()?;
-            let entry = entries.get(&token.0)?;
-            (entry.context.clone(), entry.link_ids.clone())
-        };
-        for (link, id) in context.chain.iter_mut().zip(&link_ids) {
+        let generation = self.generation();
+        let mut context = self.entries.lock().ok()?.get(&token.0)?.clone();
+        let basis = context.basis.clone()?;
+        if basis.generation != generation {
+            return None;
+        }
+        for (link, id) in context.chain.iter_mut().zip(&basis.link_ids) {
             link.spend = self.spend.get(id, link.scope.window(now).start)?;
         }
         context.cached = true;
         Some(context)
     }
 
-    /// Keeps a context read from the database at `generation`, unless a
-    /// write that could change it has committed since. Single-use tokens
-    /// are not kept: their one charge changes their standing.
-    pub(super) fn insert(
-        &self,
-        token: SecretHash,
-        context: &ChargeContext,
-        link_ids: Vec<String>,
-        generation: u64,
-        now: UnixSecs,
-    ) {
-        for (link, id) in context.chain.iter().zip(&link_ids) {
+    /// Keeps a context read from the database at its basis's generation,
+    /// unless a write that could change it has committed since. Single-use
+    /// tokens are not kept: their one charge changes their standing.
+    pub(super) fn insert(&self, token: SecretHash, context: &ChargeContext, now: UnixSecs) {
+        let Some(basis) = &context.basis else {
+            return;
+        };
+        for (link, id) in context.chain.iter().zip(&basis.link_ids) {
             self.spend
                 .offer(id, link.scope.window(now).start, link.spend);
         }
-        if context
-            .chain
-            .first()
-            .is_none_or(|l| l.scope.usage == Usage::SingleUse)
-            || link_ids.len() != context.chain.len()
-        {
+        if !multi_use_throughout(context) || self.generation() != basis.generation {
             return;
-        }
-        let Ok(mut entries) = self.entries.lock() else {
-            return;
-        };
-        if self.generation.load(Ordering::Acquire) != generation {
-            return;
-        }
-        if entries.len() >= limits::CHARGE_CONTEXTS_KEPT_MAX {
-            entries.clear();
         }
         let mut context = context.clone();
         context.cached = false;
-        entries.insert(token.0, Entry { context, link_ids });
+        let full = {
+            let Ok(mut entries) = self.entries.lock() else {
+                return;
+            };
+            let full = (entries.len() >= limits::CHARGE_CONTEXTS_KEPT_MAX)
+                .then(|| std::mem::take(&mut *entries));
+            entries.insert(token.0, context);
+            full
+        };
+        if let Some(full) = full {
+            drop_elsewhere(full);
+        }
     }
 
     /// Forgets every context: after a write that may have changed one has
     /// committed (a revoked credential or token, a changed token, a
-    /// detached card).
+    /// detached card). Constant time, whatever is kept: an entry read
+    /// before is never returned again, and goes when the cache starts over.
     pub(super) fn forget_all(&self) {
-        if let Ok(mut entries) = self.entries.lock() {
-            self.generation.fetch_add(1, Ordering::AcqRel);
-            entries.clear();
-        }
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
+}
+
+/// Drops `value` on a thread of its own: a cache of a hundred thousand
+/// entries takes milliseconds to free, which the writer or a request
+/// should not wait for. Inline only if that thread cannot take it.
+pub(super) fn drop_elsewhere<T: Send + 'static>(value: T) {
+    type Garbage = Box<dyn Send>;
+    static JANITOR: std::sync::OnceLock<Option<std::sync::mpsc::SyncSender<Garbage>>> =
+        std::sync::OnceLock::new();
+    let janitor = JANITOR.get_or_init(|| {
+        let (to_janitor, garbage) = std::sync::mpsc::sync_channel::<Garbage>(16);
+        std::thread::Builder::new()
+            .name("scrip-janitor".into())
+            .spawn(move || while garbage.recv().is_ok() {})
+            .ok()
+            .map(|_| to_janitor)
+    });
+    if let Some(janitor) = janitor {
+        // A full queue hands the value back, and it is dropped here.
+        let _ = janitor.try_send(Box::new(value));
+    }
+}
+
+/// Whether every link of a context's chain is a multi-use token whose id
+/// the basis holds: only then can nothing but an explicit change to a
+/// scope or standing (which moves the generation on) make the chain differ
+/// from the database. A charge on a single-use token changes its standing
+/// (exhausted), and with it the chain of every token derived from it.
+pub(super) fn multi_use_throughout(context: &ChargeContext) -> bool {
+    context.basis.as_ref().is_some_and(|basis| {
+        basis.link_ids.len() == context.chain.len()
+            && !context.chain.is_empty()
+            && context
+                .chain
+                .iter()
+                .all(|link| link.scope.usage == Usage::MultiUse)
+    })
 }
 
 /// The latest known spend of each token: the window it is in and the
@@ -148,10 +174,13 @@ impl SpendBoard {
             }
             return;
         }
-        if tokens.len() >= limits::SPEND_BOARD_TOKENS_MAX {
-            tokens.clear();
-        }
+        let full =
+            (tokens.len() >= limits::SPEND_BOARD_TOKENS_MAX).then(|| std::mem::take(&mut *tokens));
         tokens.insert(token_id.to_owned(), (start, spend));
+        drop(tokens);
+        if let Some(full) = full {
+            drop_elsewhere(full);
+        }
     }
 
     /// A read: kept only where nothing is known for this window or a later
@@ -164,10 +193,13 @@ impl SpendBoard {
             Some(slot) if slot.0 < start => *slot = (start, spend),
             Some(_) => {}
             None => {
-                if tokens.len() >= limits::SPEND_BOARD_TOKENS_MAX {
-                    tokens.clear();
-                }
+                let full = (tokens.len() >= limits::SPEND_BOARD_TOKENS_MAX)
+                    .then(|| std::mem::take(&mut *tokens));
                 tokens.insert(token_id.to_owned(), (start, spend));
+                drop(tokens);
+                if let Some(full) = full {
+                    drop_elsewhere(full);
+                }
             }
         }
     }
@@ -192,6 +224,11 @@ mod tests {
     const NOW: UnixSecs = 1_800_000_000;
 
     fn context(usage: Usage, spend: Spend) -> ChargeContext {
+        context_at(usage, spend, 0)
+    }
+
+    /// A context as read at `generation` of the cache.
+    fn context_at(usage: Usage, spend: Spend, generation: u64) -> ChargeContext {
         ChargeContext {
             token_id: "pt_1".into(),
             payment_method_id: "pm_1".into(),
@@ -219,6 +256,13 @@ mod tests {
                 spend,
             }],
             cached: false,
+            basis: Some(Arc::new(ContextBasis {
+                generation,
+                link_ids: vec!["pt_1".into()],
+                customer_id: "cus_1".into(),
+                brand: "visa".into(),
+                last4: "4242".into(),
+            })),
         }
     }
 
@@ -239,7 +283,7 @@ mod tests {
         let secret = SecretHash([7; 32]);
         assert!(cache.get(&secret, NOW).is_none());
         let read = context(Usage::MultiUse, spend(100, 0));
-        cache.insert(secret, &read, vec!["pt_1".into()], cache.generation(), NOW);
+        cache.insert(secret, &read, NOW);
         let kept = cache.get(&secret, NOW).unwrap();
         assert!(kept.cached);
         assert_eq!(kept.chain[0].spend, spend(100, 0));
@@ -250,7 +294,7 @@ mod tests {
             spend(150, 20)
         );
         // A read that was behind the writer does not put its spend back.
-        cache.insert(secret, &read, vec!["pt_1".into()], cache.generation(), NOW);
+        cache.insert(secret, &read, NOW);
         assert_eq!(
             cache.get(&secret, NOW).unwrap().chain[0].spend,
             spend(150, 20)
@@ -264,9 +308,7 @@ mod tests {
         let before = cache.generation();
         cache.insert(
             secret,
-            &context(Usage::MultiUse, Spend::default()),
-            vec!["pt_1".into()],
-            before,
+            &context_at(Usage::MultiUse, Spend::default(), before),
             NOW,
         );
         assert!(cache.get(&secret, NOW).is_some());
@@ -275,33 +317,55 @@ mod tests {
         // Read before the write committed, kept after: refused.
         cache.insert(
             secret,
-            &context(Usage::MultiUse, Spend::default()),
-            vec!["pt_1".into()],
-            before,
+            &context_at(Usage::MultiUse, Spend::default(), before),
             NOW,
         );
         assert!(cache.get(&secret, NOW).is_none());
+        let after = cache.generation();
         cache.insert(
             secret,
-            &context(Usage::MultiUse, Spend::default()),
-            vec!["pt_1".into()],
-            cache.generation(),
+            &context_at(Usage::MultiUse, Spend::default(), after),
             NOW,
         );
         assert!(cache.get(&secret, NOW).is_some());
     }
 
     #[test]
+    fn forgetting_takes_the_same_time_however_much_is_kept() {
+        let cache = ContextCache::new(Arc::new(SpendBoard::default()));
+        let kept = limits::CHARGE_CONTEXTS_KEPT_MAX as u32;
+        for i in 0..kept {
+            let mut secret = [0; 32];
+            secret[..4].copy_from_slice(&i.to_le_bytes());
+            cache.insert(
+                SecretHash(secret),
+                &context(Usage::MultiUse, Spend::default()),
+                NOW,
+            );
+        }
+        assert_eq!(cache.entries.lock().unwrap().len(), kept as usize);
+        // Forgetting touches no entry: it moves the generation on, and
+        // every entry kept is from an older one.
+        cache.forget_all();
+        assert_eq!(cache.entries.lock().unwrap().len(), kept as usize);
+        assert!(cache.get(&SecretHash([0; 32]), NOW).is_none());
+        // Full: the next entry starts the cache over, the old entries are
+        // dropped elsewhere.
+        let generation = cache.generation();
+        cache.insert(
+            SecretHash([9; 32]),
+            &context_at(Usage::MultiUse, Spend::default(), generation),
+            NOW,
+        );
+        assert_eq!(cache.entries.lock().unwrap().len(), 1);
+        assert!(cache.get(&SecretHash([9; 32]), NOW).is_some());
+    }
+
+    #[test]
     fn single_use_tokens_and_unknown_windows_are_read_from_the_database() {
         let cache = ContextCache::new(Arc::new(SpendBoard::default()));
         let secret = SecretHash([8; 32]);
-        cache.insert(
-            secret,
-            &context(Usage::SingleUse, Spend::default()),
-            vec!["pt_1".into()],
-            cache.generation(),
-            NOW,
-        );
+        cache.insert(secret, &context(Usage::SingleUse, Spend::default()), NOW);
         assert!(cache.get(&secret, NOW).is_none(), "single-use kept");
         let board = SpendBoard::default();
         board.publish("pt_1", 1_000, spend(5, 0));
