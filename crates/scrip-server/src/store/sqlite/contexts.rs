@@ -10,14 +10,17 @@
 //! Safe for two reasons:
 //! - every write goes through this process's writer, and every write that
 //!   can change what an entry holds (a chain's scopes and standings, the
-//!   card) forgets every entry once it has committed, with a generation so
-//!   that a read of the old state cannot put it back (the same scheme as
-//!   the secret cache);
+//!   card) moves the generation on once it has committed. An entry counts
+//!   only in the generation it was read in, so a read of the old state is
+//!   never used, and forgetting touches no entry (the same scheme as the
+//!   secret cache);
 //! - the pre-check only refuses early. What it lets through, the writer
-//!   decides again on the database, atomically with the spend. A refusal
-//!   decided on a cached context is decided again on a fresh read
-//!   ([`ChargeContext::cached`]), so a stale spend can never refuse a charge
-//!   the database would allow.
+//!   decides again, atomically with the spend: on the pre-check's chain
+//!   only while its generation is still the current one and no operation
+//!   of the writer's open group has changed a chain, and always on the
+//!   spend the writer holds. A refusal decided on a cached context is
+//!   decided again on a fresh read ([`ChargeContext::cached`]), so a stale
+//!   spend can never refuse a charge the database would allow.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
