@@ -63,6 +63,12 @@ pub const SQLITE_CACHE_KIB: i64 = 8 * 1024;
 /// pages (4 KiB each), should that thread fall behind.
 pub const SQLITE_CHECKPOINT_INTERVAL_MS: u64 = 100;
 pub const SQLITE_WAL_BACKSTOP_PAGES: i64 = 65_536;
+/// A charge pre-check of the embedded store reads on a snapshot kept open
+/// at most this long (its read connection's page cache stays warm
+/// meanwhile), and keeps none while the WAL holds this many pages (a
+/// snapshot held keeps the writer from starting the log over).
+pub const SQLITE_PRECHECK_SNAPSHOT_MAX_MS: u64 = 20;
+pub const SQLITE_WAL_LONG_PAGES: i64 = 49_152;
 /// Read connections to the embedded database.
 pub const READ_CONNECTIONS_MAX: usize = 8;
 /// Charge contexts the embedded store keeps in memory for the charge

@@ -37,8 +37,10 @@ macro_rules! sql {
 mod contexts;
 mod ledger;
 mod outbox;
+mod snapshots;
 
 use contexts::{ContextCache, SpendBoard};
+use snapshots::Snapshots;
 
 use super::common::{
     allowed_charge, declined_charge, json, metadata_to, not_found, principal, same_secret,
@@ -403,6 +405,8 @@ pub struct SqliteStore {
     _checkpointing: Arc<()>,
     readers: Arc<Mutex<Vec<Connection>>>,
     read_slots: Arc<tokio::sync::Semaphore>,
+    /// Connections for charge pre-checks (see [`snapshots`]).
+    snapshots: Arc<Snapshots>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -491,9 +495,11 @@ impl SqliteStore {
         let checkpointer = open_connection(path)?;
         let alive = Arc::new(());
         let watch = Arc::downgrade(&alive);
+        let snapshots = Arc::new(Snapshots::default());
+        let swept = snapshots.clone();
         std::thread::Builder::new()
             .name("scrip-sqlite-checkpoint".into())
-            .spawn(move || checkpoint_loop(checkpointer, watch))
+            .spawn(move || checkpoint_loop(checkpointer, &swept, watch))
             .map_err(|e| {
                 StoreError::Database(format!("cannot start the checkpoint thread: {e}"))
             })?;
@@ -507,6 +513,7 @@ impl SqliteStore {
             _checkpointing: alive,
             readers: Arc::new(Mutex::new(Vec::new())),
             read_slots: Arc::new(tokio::sync::Semaphore::new(limits::READ_CONNECTIONS_MAX)),
+            snapshots,
         })
     }
 
@@ -1070,13 +1077,19 @@ fn run_optimistically(conn: &Connection, ops: &mut [Box<dyn Rerun>]) -> bool {
 }
 
 /// Passive checkpoints (they never block the writer or readers) every
-/// `SQLITE_CHECKPOINT_INTERVAL_MS` until the store is dropped.
-fn checkpoint_loop(conn: Connection, alive: std::sync::Weak<()>) {
+/// `SQLITE_CHECKPOINT_INTERVAL_MS` until the store is dropped, each after
+/// the pre-checks' snapshots past their age were let go (all of them
+/// while the log is long).
+fn checkpoint_loop(conn: Connection, snapshots: &Snapshots, alive: std::sync::Weak<()>) {
     let interval = std::time::Duration::from_millis(limits::SQLITE_CHECKPOINT_INTERVAL_MS);
+    let mut log_pages = 0;
     while alive.strong_count() > 0 {
         std::thread::sleep(interval);
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            tracing::warn!(error = %e, "WAL checkpoint failed; retrying");
+        snapshots.sweep(log_pages);
+        // (busy, pages in the log, pages checkpointed)
+        match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1)) {
+            Ok(pages) => log_pages = pages,
+            Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed; retrying"),
         }
     }
 }
@@ -1431,6 +1444,65 @@ fn details(conn: &Connection, row: TokenRow, now: UnixSecs) -> StoreResult<Token
         spend,
         token: row.token,
     })
+}
+
+/// The charge context of the token whose secret hashes to `token`, read
+/// on `conn` after the contexts' generation was `generation`.
+fn read_charge_context(
+    conn: &Connection,
+    token: &SecretHash,
+    generation: u64,
+    now: UnixSecs,
+) -> StoreResult<Option<ChargeContext>> {
+    // The token by its secret, with its first link and its card, in
+    // one statement; then its ancestors, if it has any.
+    let found = conn
+        .prepare_cached(sql!(
+            "SELECT {LINK_COLS}, t.id, pm.id, pm.key_id, pm.nonce, pm.ciphertext,
+                            t.customer_id, pm.brand, pm.last4
+                     FROM api_secrets a JOIN tokens t ON t.id = a.object_id {LINK_JOINS}
+                     WHERE a.hash = ?1 AND a.role = 'token'"
+        ))?
+        .query_row([&token.0[..]], |r| {
+            let n = LINK_COLS_LEN;
+            Ok((
+                link_row(r)?,
+                r.get::<_, String>(n)?,
+                r.get::<_, String>(n + 1)?,
+                Sealed {
+                    key_id: r.get(n + 2)?,
+                    nonce: r.get(n + 3)?,
+                    ciphertext: r.get(n + 4)?,
+                },
+                (
+                    r.get::<_, String>(n + 5)?,
+                    r.get::<_, String>(n + 6)?,
+                    r.get::<_, String>(n + 7)?,
+                ),
+            ))
+        })
+        .optional()?;
+    let Some((row, token_id, payment_method_id, sealed_number, card)) = found else {
+        return Ok(None);
+    };
+    let (customer_id, brand, last4) = card;
+    let mut link_ids = vec![token_id.clone()];
+    let (first, parent) = settled_link(conn, &token_id, row, now)?;
+    let chain = chain_from(conn, &token_id, vec![first], &mut link_ids, parent, now)?;
+    Ok(Some(ChargeContext {
+        token_id,
+        payment_method_id,
+        sealed_number,
+        chain,
+        cached: false,
+        basis: Some(Arc::new(ContextBasis {
+            generation,
+            link_ids,
+            customer_id,
+            brand,
+            last4,
+        })),
+    }))
 }
 
 /// The columns of one link of a token chain (the token `t`, its credential
@@ -2723,7 +2795,23 @@ impl Store for SqliteStore {
         if let Some(context) = self.caches.contexts.get(&token, now) {
             return Ok(Some(context));
         }
-        self.charge_context_uncached(token, now).await
+        // On a snapshot up to a few milliseconds old (see `snapshots`):
+        // like a kept context, what it refuses is decided again on a fresh
+        // read, and a token it does not find (issued since) is looked for
+        // again.
+        let generation = self.caches.contexts.generation();
+        let read = self.snapshots.read(&self.path, generation, |conn| {
+            read_charge_context(conn, &token, generation, now)
+        })?;
+        match read {
+            Some(mut context) => {
+                self.caches.contexts.insert(token, &context, now);
+                self.caches.contexts.newest_spend(&mut context, now);
+                context.cached = true;
+                Ok(Some(context))
+            }
+            None => self.charge_context_uncached(token, now).await,
+        }
     }
 
     async fn charge_context_uncached(
@@ -2732,57 +2820,7 @@ impl Store for SqliteStore {
         now: UnixSecs,
     ) -> StoreResult<Option<ChargeContext>> {
         let generation = self.caches.contexts.generation();
-        let read = self.read_unsynced(move |conn| {
-            // The token by its secret, with its first link and its card, in
-            // one statement; then its ancestors, if it has any.
-            let found = conn
-                .prepare_cached(sql!(
-                    "SELECT {LINK_COLS}, t.id, pm.id, pm.key_id, pm.nonce, pm.ciphertext,
-                            t.customer_id, pm.brand, pm.last4
-                     FROM api_secrets a JOIN tokens t ON t.id = a.object_id {LINK_JOINS}
-                     WHERE a.hash = ?1 AND a.role = 'token'"
-                ))?
-                .query_row([&token.0[..]], |r| {
-                    let n = LINK_COLS_LEN;
-                    Ok((
-                        link_row(r)?,
-                        r.get::<_, String>(n)?,
-                        r.get::<_, String>(n + 1)?,
-                        Sealed {
-                            key_id: r.get(n + 2)?,
-                            nonce: r.get(n + 3)?,
-                            ciphertext: r.get(n + 4)?,
-                        },
-                        (
-                            r.get::<_, String>(n + 5)?,
-                            r.get::<_, String>(n + 6)?,
-                            r.get::<_, String>(n + 7)?,
-                        ),
-                    ))
-                })
-                .optional()?;
-            let Some((row, token_id, payment_method_id, sealed_number, card)) = found else {
-                return Ok(None);
-            };
-            let (customer_id, brand, last4) = card;
-            let mut link_ids = vec![token_id.clone()];
-            let (first, parent) = settled_link(conn, &token_id, row, now)?;
-            let chain = chain_from(conn, &token_id, vec![first], &mut link_ids, parent, now)?;
-            Ok(Some(ChargeContext {
-                token_id,
-                payment_method_id,
-                sealed_number,
-                chain,
-                cached: false,
-                basis: Some(Arc::new(ContextBasis {
-                    generation,
-                    link_ids,
-                    customer_id,
-                    brand,
-                    last4,
-                })),
-            }))
-        })?;
+        let read = self.read_unsynced(|conn| read_charge_context(conn, &token, generation, now))?;
         Ok(read.inspect(|context| self.caches.contexts.insert(token, context, now)))
     }
 

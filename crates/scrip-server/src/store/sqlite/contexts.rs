@@ -75,6 +75,20 @@ impl ContextCache {
         Some(context)
     }
 
+    /// Takes each link's spend from the board where the writer has
+    /// published one for its window of `now`: newer than what a snapshot
+    /// may hold.
+    pub(super) fn newest_spend(&self, context: &mut ChargeContext, now: UnixSecs) {
+        let Some(basis) = context.basis.clone() else {
+            return;
+        };
+        for (link, id) in context.chain.iter_mut().zip(&basis.link_ids) {
+            if let Some(spend) = self.spend.get(id, link.scope.window(now).start) {
+                link.spend = spend;
+            }
+        }
+    }
+
     /// Keeps a context read from the database at its basis's generation,
     /// unless a write that could change it has committed since. Single-use
     /// tokens are not kept: their one charge changes their standing.
