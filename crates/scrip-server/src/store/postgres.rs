@@ -3368,10 +3368,13 @@ impl Store for PgStore {
 
     async fn create_charge(
         &self,
-        new: NewCharge,
+        mut new: NewCharge,
         now: UnixSecs,
         idem: Option<IdemWrite<Charge>>,
     ) -> StoreResult<Charge> {
+        // The batch locks and reads every chain it decides on: the
+        // pre-check's context is not carried into it.
+        new.decided_on = None;
         self.charges.charge(new, now, idem).await
     }
 
