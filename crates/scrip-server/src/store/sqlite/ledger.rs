@@ -654,9 +654,12 @@ const MISMATCHES_SHOWN: usize = 100;
 /// children.
 fn inherited_spend(conn: &Connection) -> StoreResult<BTreeMap<(String, UnixSecs), Spend>> {
     let mut inherited: BTreeMap<(String, UnixSecs), Spend> = BTreeMap::new();
+    // CROSS JOIN keeps the derived tokens outermost (found through their
+    // partial index), each token's charges through theirs: without it the
+    // planner scans every charge.
     let mut derived = conn.prepare(
         "SELECT c.created, c.status, c.amount, c.amount_captured, c.amount_refunded, t.parent_id
-         FROM tokens t JOIN charges c ON c.token_id = t.id WHERE t.parent_id IS NOT NULL",
+         FROM tokens t CROSS JOIN charges c ON c.token_id = t.id WHERE t.parent_id IS NOT NULL",
     )?;
     let mut link =
         conn.prepare_cached("SELECT cap_period, created, parent_id FROM tokens WHERE id = ?1")?;
