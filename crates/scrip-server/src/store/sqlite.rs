@@ -239,17 +239,13 @@ impl AuthCache {
         if self.generation.load(Ordering::Acquire) != generation {
             return;
         }
-        let full = {
-            let Ok(mut entries) = self.entries.lock() else {
-                return;
-            };
-            let full =
-                (entries.len() >= AUTH_CACHE_ENTRIES_MAX).then(|| std::mem::take(&mut *entries));
-            entries.insert(hash.0, (principal, generation));
-            full
-        };
-        if let Some(full) = full {
-            contexts::drop_elsewhere(full);
+        if let Ok(entries) = self.entries.lock() {
+            contexts::insert_bounded(
+                entries,
+                AUTH_CACHE_ENTRIES_MAX,
+                hash.0,
+                (principal, generation),
+            );
         }
     }
 

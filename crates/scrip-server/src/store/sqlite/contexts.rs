@@ -24,7 +24,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use scrip_core::limits;
 use scrip_core::token::{Spend, Usage};
@@ -105,17 +105,8 @@ impl ContextCache {
         }
         let mut context = context.clone();
         context.cached = false;
-        let full = {
-            let Ok(mut entries) = self.entries.lock() else {
-                return;
-            };
-            let full = (entries.len() >= limits::CHARGE_CONTEXTS_KEPT_MAX)
-                .then(|| std::mem::take(&mut *entries));
-            entries.insert(token.0, context);
-            full
-        };
-        if let Some(full) = full {
-            drop_elsewhere(full);
+        if let Ok(entries) = self.entries.lock() {
+            insert_bounded(entries, limits::CHARGE_CONTEXTS_KEPT_MAX, token.0, context);
         }
     }
 
@@ -125,6 +116,26 @@ impl ContextCache {
     /// before is never returned again, and goes when the cache starts over.
     pub(super) fn forget_all(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// Inserts into a bounded map whose lock `map` holds: a map of `max`
+/// entries starts over, and its old entries are freed on the janitor
+/// thread once the lock is let go.
+pub(super) fn insert_bounded<K, V>(
+    mut map: MutexGuard<'_, HashMap<K, V>>,
+    max: usize,
+    key: K,
+    value: V,
+) where
+    K: Eq + std::hash::Hash + Send + 'static,
+    V: Send + 'static,
+{
+    let full = (map.len() >= max).then(|| std::mem::take(&mut *map));
+    map.insert(key, value);
+    drop(map);
+    if let Some(full) = full {
+        drop_elsewhere(full);
     }
 }
 
@@ -191,13 +202,12 @@ impl SpendBoard {
             }
             return;
         }
-        let full =
-            (tokens.len() >= limits::SPEND_BOARD_TOKENS_MAX).then(|| std::mem::take(&mut *tokens));
-        tokens.insert(token_id.to_owned(), (start, spend));
-        drop(tokens);
-        if let Some(full) = full {
-            drop_elsewhere(full);
-        }
+        insert_bounded(
+            tokens,
+            limits::SPEND_BOARD_TOKENS_MAX,
+            token_id.to_owned(),
+            (start, spend),
+        );
     }
 
     /// A read: kept only where nothing is known for this window or a later
@@ -209,15 +219,12 @@ impl SpendBoard {
         match tokens.get_mut(token_id) {
             Some(slot) if slot.0 < start => *slot = (start, spend),
             Some(_) => {}
-            None => {
-                let full = (tokens.len() >= limits::SPEND_BOARD_TOKENS_MAX)
-                    .then(|| std::mem::take(&mut *tokens));
-                tokens.insert(token_id.to_owned(), (start, spend));
-                drop(tokens);
-                if let Some(full) = full {
-                    drop_elsewhere(full);
-                }
-            }
+            None => insert_bounded(
+                tokens,
+                limits::SPEND_BOARD_TOKENS_MAX,
+                token_id.to_owned(),
+                (start, spend),
+            ),
         }
     }
 
