@@ -209,7 +209,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let vault = Arc::new(vault);
     let dispatcher = Dispatcher::new(store.clone(), vault.clone(), config.webhook_timeout)
         .map_err(|e| StartError::Webhooks(e.to_string()))?;
-    let state = AppState {
+    let state = AppState::new(api::Shared {
         store: store.clone(),
         vault,
         network: Arc::new(Simulator),
@@ -222,7 +222,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             config.rate_limit_per_second,
         )),
         keys,
-    };
+    });
     let limiter = state.limiter.clone();
     let router = api::app(state);
     let listener = TcpListener::bind(config.listen)
