@@ -512,6 +512,20 @@ impl Tx {
         Ok(self.conn()?.query(&stmt, params).await?)
     }
 
+    /// The rows of `sql` as they arrive, for results too large to hold:
+    /// nothing else may run on the transaction until the stream is done.
+    pub(super) async fn stream(
+        &self,
+        sql: &str,
+        params: Params<'_>,
+    ) -> PgResult<tokio_postgres::RowStream> {
+        let stmt = self.prepare(sql).await?;
+        Ok(self
+            .conn()?
+            .query_raw(&stmt, params.iter().copied())
+            .await?)
+    }
+
     pub(super) async fn query_opt(&self, sql: &str, params: Params<'_>) -> PgResult<Option<Row>> {
         let stmt = self.prepare(sql).await?;
         Ok(self.conn()?.query_opt(&stmt, params).await?)

@@ -421,3 +421,38 @@ async fn verification_counts_a_derived_tokens_charges_for_each_ancestor() {
     expected.sort();
     assert_eq!(named, expected, "{v}");
 }
+
+#[tokio::test]
+async fn verification_finds_the_missing_spend_of_an_ancestor_never_charged_itself() {
+    let w = World::new().await;
+    let (parent_id, parent) = w
+        .token(json!({ "cap": { "amount": 100_000, "period": "month" } }))
+        .await;
+    let child = w
+        .app
+        .post(
+            "/v1/tokens/self/derive",
+            &parent,
+            json!({ "cap": { "amount": 5_000, "period": "day" } }),
+        )
+        .await
+        .ok();
+    let child_secret = child["token"].as_str().unwrap().to_owned();
+    w.charge(&child_secret, 400).await.ok();
+    assert_eq!(w.spend(&parent_id).await["captured"], 400);
+    assert_eq!(verify(&w.app).await["spend_mismatches"], json!([]));
+
+    // The parent's only spend comes from its child's charge: with its row
+    // gone, nothing of its own names it, and the check still does.
+    w.app
+        .execute_sql(&format!(
+            "DELETE FROM token_spend WHERE token_id = '{parent_id}'"
+        ))
+        .await;
+    let v = w.app.get("/v1/ledger/verify", ADMIN).await.ok();
+    let found = v["spend_mismatches"].as_array().unwrap();
+    assert_eq!(found.len(), 1, "{v}");
+    assert_eq!(found[0]["payment_token"], parent_id.as_str());
+    assert_eq!(found[0]["stored"]["captured"], 0);
+    assert_eq!(found[0]["computed"]["captured"], 400);
+}

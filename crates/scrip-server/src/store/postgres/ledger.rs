@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use futures_util::future::try_join;
+use futures_util::TryStreamExt;
 use scrip_core::ledger::{self, Account, Posting};
 use scrip_core::limits;
 use scrip_core::money::Currency;
@@ -14,9 +15,10 @@ use scrip_core::token::Spend;
 use scrip_core::UnixSecs;
 use tokio_postgres::Row;
 
+use super::super::common::{charge_share, spend_mismatches, WindowSpend};
 use super::super::model::*;
 use super::super::StoreError;
-use super::{bad_row, charge_row, currency_at, not_found, rows, Layer, PgResult, Tx, CHARGE_COLS};
+use super::{bad_row, currency_at, not_found, rows, Layer, PgResult, Tx};
 use crate::secrets::new_id;
 
 /// Writes one balanced transaction and queues the balance changes.
@@ -651,10 +653,133 @@ pub(super) async fn verify(tx: &Tx) -> PgResult<LedgerVerification> {
             ));
         }
     }
-    // 4. Every token's spend agrees with the charges on it and its descendants.
-    let mut tokens: BTreeMap<String, (Period, i64, Option<String>)> = BTreeMap::new();
+    // 4. Every token's spend agrees with the charges on it and its
+    //    descendants: one pass over the charges and the stored spend,
+    //    grouped by token, holding one token's windows at a time (however
+    //    many charges there are), beside what charges on derived tokens add
+    //    to their ancestors.
+    let mut inherited = inherited_spend(tx).await?;
+    let rows = tx.stream(SPEND_BY_TOKEN, &[]).await?;
+    futures_util::pin_mut!(rows);
+    let mut token = TokenSpend::default();
+    while let Some(r) = rows.try_next().await? {
+        let id: String = r.try_get(0)?;
+        if id != token.id {
+            token.check(&mut inherited, &mut v.spend_mismatches)?;
+            token = TokenSpend {
+                id,
+                ..TokenSpend::default()
+            };
+        }
+        let at: i64 = r.try_get(2)?;
+        if r.try_get::<_, i16>(1)? == 0 {
+            let status: String = r.try_get(3)?;
+            let status = ChargeStatus::parse(&status)
+                .ok_or_else(|| StoreError::Database(format!("charge status {status}")))?;
+            let share = charge_share(status, r.try_get(4)?, r.try_get(5)?, r.try_get(6)?);
+            let period: String = r.try_get(7)?;
+            let period = period.parse::<Period>().map_err(|_| {
+                StoreError::Database(format!("token {} has a bad period", token.id))
+            })?;
+            let window = period.window(at, r.try_get(8)?).start;
+            let e = token.own.entry(window).or_default();
+            e.captured += share.captured;
+            e.pending += share.pending;
+        } else {
+            token.stored.push((
+                at,
+                Spend {
+                    captured: r.try_get(4)?,
+                    pending: r.try_get(5)?,
+                },
+            ));
+        }
+    }
+    token.check(&mut inherited, &mut v.spend_mismatches)?;
+    // Ancestors with inherited spend and no row of their own.
+    let left = spend_mismatches(
+        std::iter::empty::<Result<WindowSpend, StoreError>>(),
+        std::iter::empty(),
+        inherited,
+        MISMATCHES_SHOWN.saturating_sub(v.spend_mismatches.len()),
+    )?;
+    v.spend_mismatches.extend(left);
+    Ok(v)
+}
+
+/// Mismatches of each kind a verification lists.
+const MISMATCHES_SHOWN: usize = 100;
+
+/// Each charge (kind 0: its token, time, status and amounts, its token's
+/// period and creation) and each stored spend row (kind 1: its token,
+/// window start and spend), grouped by token.
+const SPEND_BY_TOKEN: &str = "SELECT c.token_id, 0::SMALLINT, c.created, c.status, c.amount,
+            c.amount_captured, c.amount_refunded, t.cap_period, t.created
+     FROM charges c JOIN tokens t ON t.id = c.token_id
+     UNION ALL
+     SELECT s.token_id, 1::SMALLINT, s.period_start, NULL, s.captured, s.pending, 0, NULL, NULL
+     FROM token_spend s
+     ORDER BY 1";
+
+/// One token's part of the spend check: its charges' shares by window and
+/// its stored spend rows.
+#[derive(Default)]
+struct TokenSpend {
+    id: String,
+    own: BTreeMap<UnixSecs, Spend>,
+    stored: Vec<(UnixSecs, Spend)>,
+}
+
+impl TokenSpend {
+    /// Compares what is stored with what the charges on the token (and on
+    /// its descendants, taken out of `inherited`) add up to.
+    fn check(
+        self,
+        inherited: &mut BTreeMap<(String, UnixSecs), Spend>,
+        found: &mut Vec<SpendMismatch>,
+    ) -> Result<(), StoreError> {
+        if self.id.is_empty() {
+            return Ok(());
+        }
+        let mut from_descendants = BTreeMap::new();
+        let starts: Vec<UnixSecs> = inherited
+            .range((self.id.clone(), UnixSecs::MIN)..=(self.id.clone(), UnixSecs::MAX))
+            .map(|((_, start), _)| *start)
+            .collect();
+        for start in starts {
+            if let Some(share) = inherited.remove(&(self.id.clone(), start)) {
+                from_descendants.insert((self.id.clone(), start), share);
+            }
+        }
+        let id = &self.id;
+        let own = self
+            .own
+            .into_iter()
+            .map(|(start, spend)| Ok::<_, StoreError>((id.clone(), start, spend)));
+        let stored = self
+            .stored
+            .into_iter()
+            .map(|(start, spend)| Ok((id.clone(), start, spend)));
+        let max = MISMATCHES_SHOWN.saturating_sub(found.len());
+        found.extend(spend_mismatches(own, stored, from_descendants, max)?);
+        Ok(())
+    }
+}
+
+/// What charges on derived tokens add to the spend of each of their
+/// ancestors, by (ancestor, window start). The tokens that have children
+/// are read first (the charges' stream holds the connection while it
+/// runs), so the map and the ancestors held grow with the derived tokens,
+/// not with the charges.
+async fn inherited_spend(tx: &Tx) -> PgResult<BTreeMap<(String, UnixSecs), Spend>> {
+    let mut parents: std::collections::HashMap<String, (Period, i64, Option<String>)> =
+        std::collections::HashMap::new();
     for r in &tx
-        .query("SELECT id, cap_period, created, parent_id FROM tokens", &[])
+        .query(
+            "SELECT id, cap_period, created, parent_id FROM tokens
+             WHERE id IN (SELECT parent_id FROM tokens WHERE parent_id IS NOT NULL)",
+            &[],
+        )
         .await?
     {
         let id: String = r.try_get(0)?;
@@ -662,71 +787,46 @@ pub(super) async fn verify(tx: &Tx) -> PgResult<LedgerVerification> {
         let period = period
             .parse::<Period>()
             .map_err(|_| StoreError::Database(format!("token {id} has a bad period")))?;
-        tokens.insert(id, (period, r.try_get(2)?, r.try_get(3)?));
+        parents.insert(id, (period, r.try_get(2)?, r.try_get(3)?));
     }
-    let charges = rows(
-        tx.query(&format!("SELECT {CHARGE_COLS} FROM charges"), &[])
-            .await?,
-        charge_row,
-    )?;
-    let mut expected: BTreeMap<(String, i64), Spend> = BTreeMap::new();
-    for c in &charges {
-        let (captured, pending) = match c.status {
-            ChargeStatus::Succeeded => (c.amount_captured - c.amount_refunded, 0),
-            ChargeStatus::RequiresCapture => (0, c.amount),
-            ChargeStatus::Canceled | ChargeStatus::Failed => (0, 0),
-        };
-        let mut next = Some(c.token_id.clone());
-        let mut depth = 0;
+    let mut inherited: BTreeMap<(String, UnixSecs), Spend> = BTreeMap::new();
+    if parents.is_empty() {
+        return Ok(inherited);
+    }
+    let rows = tx
+        .stream(
+            "SELECT c.created, c.status, c.amount, c.amount_captured, c.amount_refunded, t.parent_id
+             FROM tokens t JOIN charges c ON c.token_id = t.id WHERE t.parent_id IS NOT NULL",
+            &[],
+        )
+        .await?;
+    futures_util::pin_mut!(rows);
+    while let Some(r) = rows.try_next().await? {
+        let status: String = r.try_get(1)?;
+        let status = ChargeStatus::parse(&status)
+            .ok_or_else(|| StoreError::Database(format!("charge status {status}")))?;
+        let share = charge_share(status, r.try_get(2)?, r.try_get(3)?, r.try_get(4)?);
+        let charged_at: UnixSecs = r.try_get(0)?;
+        let mut next: Option<String> = r.try_get(5)?;
+        // The charge's own token is the first link of at most 65.
+        let mut depth = 1;
         while let Some(id) = next.take() {
             depth += 1;
-            let Some((period, created, parent)) = tokens.get(&id) else {
+            let Some((period, created, parent)) = parents.get(&id) else {
                 break;
             };
             if depth > 65 {
                 break;
             }
-            let start = period.window(c.created, *created).start;
-            let e = expected.entry((id.clone(), start)).or_default();
-            e.captured += captured;
-            e.pending += pending;
+            let e = inherited
+                .entry((id, period.window(charged_at, *created).start))
+                .or_default();
+            e.captured += share.captured;
+            e.pending += share.pending;
             next = parent.clone();
         }
     }
-    let mut stored_spend: BTreeMap<(String, i64), Spend> = BTreeMap::new();
-    for r in &tx
-        .query(
-            "SELECT token_id, period_start, captured, pending FROM token_spend",
-            &[],
-        )
-        .await?
-    {
-        stored_spend.insert(
-            (r.try_get(0)?, r.try_get(1)?),
-            Spend {
-                captured: r.try_get(2)?,
-                pending: r.try_get(3)?,
-            },
-        );
-    }
-    let keys: BTreeSet<_> = expected
-        .keys()
-        .chain(stored_spend.keys())
-        .cloned()
-        .collect();
-    for key in keys {
-        let e = expected.get(&key).copied().unwrap_or_default();
-        let s = stored_spend.get(&key).copied().unwrap_or_default();
-        if e != s && v.spend_mismatches.len() < 100 {
-            v.spend_mismatches.push(SpendMismatch {
-                token_id: key.0.clone(),
-                period_start: key.1,
-                stored: s,
-                computed: e,
-            });
-        }
-    }
-    Ok(v)
+    Ok(inherited)
 }
 
 /// Gross, fees, refunds, net and payouts per provider and currency.
