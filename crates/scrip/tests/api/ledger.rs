@@ -359,17 +359,7 @@ async fn verification_counts_a_derived_tokens_charges_for_each_ancestor() {
         .token(json!({ "cap": { "amount": 100_000, "period": "month" } }))
         .await;
     let (other_id, other) = w.token(json!({})).await;
-    let child = w
-        .app
-        .post(
-            "/v1/tokens/self/derive",
-            &parent,
-            json!({ "cap": { "amount": 5_000, "period": "day" } }),
-        )
-        .await
-        .ok();
-    let child_id = child["id"].as_str().unwrap().to_owned();
-    let child_secret = child["token"].as_str().unwrap().to_owned();
+    let (child_id, child_secret) = derive_daily(&w, &parent).await;
     w.charge(&child_secret, 700).await.ok();
     w.charge(&parent, 300).await.ok();
     w.charge(&other, 50).await.ok();
@@ -428,16 +418,7 @@ async fn verification_finds_the_missing_spend_of_an_ancestor_never_charged_itsel
     let (parent_id, parent) = w
         .token(json!({ "cap": { "amount": 100_000, "period": "month" } }))
         .await;
-    let child = w
-        .app
-        .post(
-            "/v1/tokens/self/derive",
-            &parent,
-            json!({ "cap": { "amount": 5_000, "period": "day" } }),
-        )
-        .await
-        .ok();
-    let child_secret = child["token"].as_str().unwrap().to_owned();
+    let (_, child_secret) = derive_daily(&w, &parent).await;
     w.charge(&child_secret, 400).await.ok();
     assert_eq!(w.spend(&parent_id).await["captured"], 400);
     assert_eq!(verify(&w.app).await["spend_mismatches"], json!([]));
@@ -455,4 +436,19 @@ async fn verification_finds_the_missing_spend_of_an_ancestor_never_charged_itsel
     assert_eq!(found[0]["payment_token"], parent_id.as_str());
     assert_eq!(found[0]["stored"]["captured"], 0);
     assert_eq!(found[0]["computed"]["captured"], 400);
+}
+
+/// A token derived from `parent` with a daily cap of 5,000: (id, secret).
+async fn derive_daily(w: &World, parent: &str) -> (String, String) {
+    let child = w
+        .app
+        .post(
+            "/v1/tokens/self/derive",
+            parent,
+            json!({ "cap": { "amount": 5_000, "period": "day" } }),
+        )
+        .await
+        .ok();
+    let id = child["id"].as_str().unwrap().to_owned();
+    (id, child["token"].as_str().unwrap().to_owned())
 }
