@@ -2270,7 +2270,20 @@ async fn postgres_start_migrates_once_and_refuses_what_it_cannot_use() {
                 .await
                 .unwrap()
                 .get(0);
-            assert_eq!(applied, 5, "each migration applied once");
+            assert_eq!(applied, 6, "each migration applied once");
+            let other: i64 = client
+                .query_one(
+                    "SELECT COUNT(*) FROM information_schema.columns col
+                     JOIN information_schema.tables t
+                       ON t.table_schema = col.table_schema AND t.table_name = col.table_name
+                     WHERE col.table_schema = current_schema() AND t.table_type = 'BASE TABLE'
+                       AND col.data_type = 'text' AND col.collation_name IS DISTINCT FROM 'C'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(other, 0, "every text column compares bytewise");
             client
                 .execute(
                     "INSERT INTO schema_migrations (version, applied) VALUES (999, 0)",

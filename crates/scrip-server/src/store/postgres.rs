@@ -280,6 +280,35 @@ BEGIN
 END
 $$;
 "#,
+    r#"
+-- Text compares bytewise. Under a database's own collation (C.UTF-8,
+-- en_US.UTF-8, ...) every comparison an index on an id makes is a
+-- locale-aware strcoll(); with "C" it is memcmp. Scrip orders nothing by
+-- text it shows (lists go by sequence number), so every text column of its
+-- tables takes "C": one collation throughout, none to conflict in a join.
+DROP VIEW ledger_balance_totals;
+DO $$
+DECLARE
+    c RECORD;
+BEGIN
+    FOR c IN
+        SELECT col.table_name, col.column_name
+        FROM information_schema.columns col
+        JOIN information_schema.tables t
+          ON t.table_schema = col.table_schema AND t.table_name = col.table_name
+        WHERE col.table_schema = current_schema() AND t.table_type = 'BASE TABLE'
+          AND col.data_type = 'text'
+        ORDER BY col.table_name, col.ordinal_position
+    LOOP
+        EXECUTE format('ALTER TABLE %I ALTER COLUMN %I TYPE TEXT COLLATE "C"',
+            c.table_name, c.column_name);
+    END LOOP;
+END
+$$;
+CREATE VIEW ledger_balance_totals AS
+    SELECT account, currency, SUM(posted)::BIGINT AS posted, SUM(pending)::BIGINT AS pending
+    FROM ledger_balances GROUP BY account, currency;
+"#,
 ];
 
 /// Connections per node.
