@@ -1607,8 +1607,15 @@ const TOKEN_COLS: &str =
     "t.id, t.customer_id, t.credential_id, t.payment_method_id, t.provider_id, \
      t.currency, t.cap_amount, t.cap_period, t.usage, t.max_per_charge, t.expires_at, t.parent_id, \
      t.status, t.metadata, t.created, c.active, pm.active, p.name";
-const TOKEN_FROM: &str = "tokens t JOIN credentials c ON c.id = t.credential_id \
-     JOIN payment_methods pm ON pm.id = t.payment_method_id JOIN providers p ON p.id = t.provider_id";
+/// What a token row (`t`) is joined with for [`TOKEN_COLS`].
+macro_rules! token_joins {
+    () => {
+        "JOIN credentials c ON c.id = t.credential_id \
+         JOIN payment_methods pm ON pm.id = t.payment_method_id JOIN providers p ON p.id = t.provider_id"
+    };
+}
+const TOKEN_FROM: &str = concat!("tokens t ", token_joins!());
+const TOKEN_JOINS: &str = token_joins!();
 
 struct TokenRow {
     token: Token,

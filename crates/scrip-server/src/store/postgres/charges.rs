@@ -43,7 +43,7 @@ use super::outbox::{self, NewEvent};
 use super::{
     add_spends, claim_many, insert_charges, pooled, release_hold, retry_pause, rows, spends,
     token_row, Counters, Fail, IdemClaim, Layer, Mode, PgResult, Remembered, TokenRow, Tx,
-    ATTEMPTS_MAX, CHARGE_COLS, TOKEN_COLS, TOKEN_FROM,
+    ATTEMPTS_MAX, CHARGE_COLS, TOKEN_COLS, TOKEN_JOINS,
 };
 
 /// The queue in front of a node's charge batches.
@@ -684,20 +684,29 @@ async fn write_allowed(
 }
 
 /// The chains of tokens `$1` (unlocked: a token's parent never changes):
-/// rows of (token charged, chain member, depth from the token).
+/// rows of (token charged, chain member, depth from the token). Each token
+/// is reached by a lookup on its key (a `LIMIT`ed lateral subquery): with
+/// `id = ANY($1)` or a join on `tokens`, a table never analyzed (a new
+/// schema, a small one) was scanned whole and hashed for every batch.
 const CHAIN_STRUCTURE: &str = "WITH RECURSIVE chain(leaf, id, parent_id, depth) AS (
-         SELECT id, id, parent_id, 0 FROM tokens WHERE id = ANY($1)
+         SELECT t.id, t.id, t.parent_id, 0 FROM unnest($1::text[]) AS k(id)
+         JOIN LATERAL (SELECT id, parent_id FROM tokens WHERE id = k.id LIMIT 1) t ON true
          UNION ALL
-         SELECT ch.leaf, t.id, t.parent_id, ch.depth + 1 FROM tokens t JOIN chain ch ON t.id = ch.parent_id
+         SELECT ch.leaf, t.id, t.parent_id, ch.depth + 1 FROM chain ch
+         JOIN LATERAL (SELECT id, parent_id FROM tokens WHERE id = ch.parent_id LIMIT 1) t ON true
          WHERE ch.depth < 65)
      SELECT leaf, id, depth FROM chain";
 
-/// Locks tokens `$1` in the order given, returning each with its card's
-/// brand and last4.
+/// Locks tokens `$1` one by one in the order given (each through its key,
+/// as in [`CHAIN_STRUCTURE`]), returning each with its card's brand and
+/// last4.
 static LOCK_TOKENS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
-        "SELECT {TOKEN_COLS}, pm.brand, pm.last4 FROM {TOKEN_FROM}
-         WHERE t.id = ANY($1) ORDER BY array_position($1, t.id) FOR UPDATE OF t"
+        "SELECT {TOKEN_COLS}, pm.brand, pm.last4
+         FROM unnest($1::text[]) WITH ORDINALITY AS k(id, ord)
+         JOIN LATERAL (SELECT * FROM tokens WHERE id = k.id FOR UPDATE) t ON true
+         {TOKEN_JOINS}
+         ORDER BY k.ord"
     )
 });
 
