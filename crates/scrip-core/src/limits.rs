@@ -89,6 +89,8 @@ pub const PAYOUT_TRANSIT_SECS: i64 = 86_400;
 pub const PAYOUT_AMOUNT_MAX: i64 = 1_000_000_000_000;
 /// Rows handled by one round of upkeep per kind (holds, settlements, payouts).
 pub const UPKEEP_BATCH_MAX: usize = 1_000;
+/// Mismatches of each kind a ledger verification lists.
+pub const VERIFICATION_MISMATCHES_SHOWN: usize = 100;
 /// A webhook endpoint's URL.
 pub const WEBHOOK_URL_LEN_MAX: usize = 2_048;
 /// Webhook deliveries in flight at once, and per endpoint.

@@ -701,14 +701,11 @@ pub(super) async fn verify(tx: &Tx) -> PgResult<LedgerVerification> {
         std::iter::empty::<Result<WindowSpend, StoreError>>(),
         std::iter::empty(),
         inherited,
-        MISMATCHES_SHOWN.saturating_sub(v.spend_mismatches.len()),
+        limits::VERIFICATION_MISMATCHES_SHOWN.saturating_sub(v.spend_mismatches.len()),
     )?;
     v.spend_mismatches.extend(left);
     Ok(v)
 }
-
-/// Mismatches of each kind a verification lists.
-const MISMATCHES_SHOWN: usize = 100;
 
 /// Each charge (kind 0: its token, time, status and amounts, its token's
 /// period and creation) and each stored spend row (kind 1: its token,
@@ -760,7 +757,7 @@ impl TokenSpend {
             .stored
             .into_iter()
             .map(|(start, spend)| Ok((id.clone(), start, spend)));
-        let max = MISMATCHES_SHOWN.saturating_sub(found.len());
+        let max = limits::VERIFICATION_MISMATCHES_SHOWN.saturating_sub(found.len());
         found.extend(spend_mismatches(own, stored, from_descendants, max)?);
         Ok(())
     }

@@ -641,12 +641,14 @@ pub(super) fn verify(conn: &Connection) -> StoreResult<LedgerVerification> {
             },
         ))
     })?;
-    v.spend_mismatches = spend_mismatches(own, stored, inherited, MISMATCHES_SHOWN)?;
+    v.spend_mismatches = spend_mismatches(
+        own,
+        stored,
+        inherited,
+        limits::VERIFICATION_MISMATCHES_SHOWN,
+    )?;
     Ok(v)
 }
-
-/// Mismatches of each kind a verification lists.
-const MISMATCHES_SHOWN: usize = 100;
 
 /// What charges on derived tokens add to the spend of each of their
 /// ancestors, by (ancestor, window start): one walk up the chain for each
