@@ -287,6 +287,38 @@ pub(crate) fn charge_share(
     }
 }
 
+/// What a token of a chain contributes to the walk up from a charge: its
+/// period, its creation time and its parent.
+pub(crate) type AncestorLink = (scrip_core::period::Period, UnixSecs, Option<String>);
+
+/// Adds a charge's `share` (made at `charged_at` on a token whose parent is
+/// `parent`) to the spend of each ancestor, in that ancestor's window of
+/// the charge, looking each one up with `link`. The charge's own token is
+/// the first of at most 65 links; the walk stops at an unknown token.
+pub(crate) fn add_to_ancestors<E>(
+    inherited: &mut BTreeMap<(String, UnixSecs), Spend>,
+    parent: Option<String>,
+    charged_at: UnixSecs,
+    share: Spend,
+    mut link: impl FnMut(&str) -> Result<Option<AncestorLink>, E>,
+) -> Result<(), E> {
+    let mut next = parent;
+    let mut depth = 1;
+    while let Some(id) = next.take() {
+        depth += 1;
+        let Some((period, created, parent)) = link(&id)? else {
+            break;
+        };
+        if depth > 65 {
+            break;
+        }
+        let start = period.window(charged_at, created).start;
+        add(inherited.entry((id, start)).or_default(), share);
+        next = parent;
+    }
+    Ok(())
+}
+
 /// A spend in one window of one token: `(token id, window start, spend)`.
 pub(crate) type WindowSpend = (String, UnixSecs, Spend);
 

@@ -15,7 +15,9 @@ use scrip_core::token::Spend;
 use scrip_core::UnixSecs;
 use tokio_postgres::Row;
 
-use super::super::common::{charge_share, spend_mismatches, WindowSpend};
+use super::super::common::{
+    add_to_ancestors, charge_share, spend_mismatches, AncestorLink, WindowSpend,
+};
 use super::super::model::*;
 use super::super::StoreError;
 use super::{bad_row, currency_at, not_found, rows, Layer, PgResult, Tx};
@@ -738,16 +740,12 @@ impl TokenSpend {
         if self.id.is_empty() {
             return Ok(());
         }
-        let mut from_descendants = BTreeMap::new();
-        let starts: Vec<UnixSecs> = inherited
-            .range((self.id.clone(), UnixSecs::MIN)..=(self.id.clone(), UnixSecs::MAX))
-            .map(|((_, start), _)| *start)
+        let from_descendants: BTreeMap<_, _> = inherited
+            .extract_if(
+                (self.id.clone(), UnixSecs::MIN)..=(self.id.clone(), UnixSecs::MAX),
+                |_, _| true,
+            )
             .collect();
-        for start in starts {
-            if let Some(share) = inherited.remove(&(self.id.clone(), start)) {
-                from_descendants.insert((self.id.clone(), start), share);
-            }
-        }
         let id = &self.id;
         let own = self
             .own
@@ -769,7 +767,7 @@ impl TokenSpend {
 /// runs), so the map and the ancestors held grow with the derived tokens,
 /// not with the charges.
 async fn inherited_spend(tx: &Tx) -> PgResult<BTreeMap<(String, UnixSecs), Spend>> {
-    let mut parents: std::collections::HashMap<String, (Period, i64, Option<String>)> =
+    let mut parents: std::collections::HashMap<String, AncestorLink> =
         std::collections::HashMap::new();
     for r in &tx
         .query(
@@ -803,25 +801,9 @@ async fn inherited_spend(tx: &Tx) -> PgResult<BTreeMap<(String, UnixSecs), Spend
         let status = ChargeStatus::parse(&status)
             .ok_or_else(|| StoreError::Database(format!("charge status {status}")))?;
         let share = charge_share(status, r.try_get(2)?, r.try_get(3)?, r.try_get(4)?);
-        let charged_at: UnixSecs = r.try_get(0)?;
-        let mut next: Option<String> = r.try_get(5)?;
-        // The charge's own token is the first link of at most 65.
-        let mut depth = 1;
-        while let Some(id) = next.take() {
-            depth += 1;
-            let Some((period, created, parent)) = parents.get(&id) else {
-                break;
-            };
-            if depth > 65 {
-                break;
-            }
-            let e = inherited
-                .entry((id, period.window(charged_at, *created).start))
-                .or_default();
-            e.captured += share.captured;
-            e.pending += share.pending;
-            next = parent.clone();
-        }
+        add_to_ancestors(&mut inherited, r.try_get(5)?, r.try_get(0)?, share, |id| {
+            Ok::<_, StoreError>(parents.get(id).cloned())
+        })?;
     }
     Ok(inherited)
 }

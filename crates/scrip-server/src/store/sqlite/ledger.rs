@@ -13,7 +13,7 @@ use scrip_core::period::Period;
 use scrip_core::token::Spend;
 use scrip_core::UnixSecs;
 
-use super::super::common::{charge_share, spend_mismatches};
+use super::super::common::{add_to_ancestors, charge_share, spend_mismatches};
 use super::super::model::*;
 use super::super::{StoreError, StoreResult};
 use super::{bad_row, currency_col, not_found};
@@ -670,37 +670,25 @@ fn inherited_spend(conn: &Connection) -> StoreResult<BTreeMap<(String, UnixSecs)
         let status: String = r.get(1)?;
         let status = ChargeStatus::parse(&status).ok_or_else(|| bad_row("charge status"))?;
         let share = charge_share(status, r.get(2)?, r.get(3)?, r.get(4)?);
-        let charged_at: UnixSecs = r.get(0)?;
-        let mut next: Option<String> = r.get(5)?;
-        // The charge's own token is the first link of at most 65.
-        let mut depth = 1;
-        while let Some(id) = next.take() {
-            depth += 1;
-            let Some((period, created, parent)) = link
-                .query_row([&id], |r| {
+        add_to_ancestors(&mut inherited, r.get(5)?, r.get(0)?, share, |id| {
+            let found = link
+                .query_row([id], |r| {
                     Ok((
                         r.get::<_, String>(0)?,
                         r.get::<_, i64>(1)?,
                         r.get::<_, Option<String>>(2)?,
                     ))
                 })
-                .optional()?
-            else {
-                break;
-            };
-            if depth > 65 {
-                break;
-            }
-            let period = period
-                .parse::<Period>()
-                .map_err(|_| bad_row("cap_period"))?;
-            let e = inherited
-                .entry((id, period.window(charged_at, created).start))
-                .or_default();
-            e.captured += share.captured;
-            e.pending += share.pending;
-            next = parent;
-        }
+                .optional()?;
+            found
+                .map(|(period, created, parent)| {
+                    let period = period
+                        .parse::<Period>()
+                        .map_err(|_| bad_row("cap_period"))?;
+                    Ok::<_, rusqlite::Error>((period, created, parent))
+                })
+                .transpose()
+        })?;
     }
     Ok(inherited)
 }
